@@ -1,0 +1,475 @@
+"""Compiled kernels: forward/backward pairs, fused loss + output deltas, the SGD update, and the
+compiled training loop that strings them together.
+
+Dimension legend (as in llm.c):
+    B   rows in a batch
+    C   input features of a dense layer
+    OC  output features of a dense layer
+    T   target columns (1 for cross-entropy labels, OC for bce and mse)
+    P   parameters of the whole network, in one flat buffer
+    L   dense layers
+    N   samples in the training set, E epochs in one call
+
+Conventions: outputs come first, then inputs; a gradient buffer is its array's name with a ``d`` in
+front. A kernel reads only its arguments and allocates nothing: workspaces come from the caller.
+
+Thread safety and reproducibility: every ``prange`` loop gives each iteration its own output
+elements (rows of ``out`` and ``dinp``, rows of ``dweight``, blocks of ``dbias``, elements of the
+parameter buffer), and every sum runs in a fixed order inside one iteration. No two threads write
+the same element and no reduction order depends on the thread count, so results are bit-identical
+for any number of Numba threads. BLAS (``np.dot`` with ``out``) is only ever called outside
+``prange``; the Python layer decides how many threads BLAS may use (see ``_threads.py``).
+"""
+import numpy as np
+from numba import njit, prange
+
+# Activation codes (the name table lives in activations.py).
+ACT_IDENTITY = 0
+ACT_SIGMOID = 1
+ACT_RELU = 2
+ACT_TANH = 3
+ACT_LEAKY_RELU = 4
+LEAKY_SLOPE = 0.01  # PyTorch's default negative_slope
+
+# Loss codes (the name table lives in losses.py); each is fused with its output activation.
+LOSS_BCE = 0  # sigmoid output, binary_cross_entropy_with_logits
+LOSS_CE = 1  # softmax output, cross_entropy over integer labels
+LOSS_MSE = 2  # identity output, mse_loss
+
+# Columns of the ``layout`` array: one row per dense layer.
+LAY_C, LAY_OC, LAY_W, LAY_B = 0, 1, 2, 3
+
+_BIAS_BLOCK = 64  # output features per dbias task: contiguous rows, one writer per element
+
+
+# --------------------------------------------------------------------------- scalar helpers
+
+
+@njit(cache=True)
+def _sigmoid(z):
+    """1 / (1 + exp(-z)) in two branches so exp never overflows: exp(-|z|) <= 1."""
+    if z >= 0:
+        return 1 / (1 + np.exp(-z))
+    e = np.exp(z)
+    return e / (1 + e)
+
+
+@njit(cache=True)
+def _logsumexp_parts(logits, b):
+    """(m, s) for row b of logits (B, OC): m its maximum, s = sum exp(logits - m) in float64,
+    so every term is <= 1 and log-sum-exp = m + log(s) stays finite for huge logits."""
+    OC = logits.shape[1]
+    m = logits[b, 0]
+    for o in range(1, OC):
+        m = max(m, logits[b, o])
+    s = np.float64(0)
+    for o in range(OC):
+        s += np.exp(logits[b, o] - m)
+    return m, s
+
+
+# --------------------------------------------------------------------------- dense layer
+
+
+@njit(parallel=True, cache=True)
+def dense_forward(out, inp, weight, bias, use_blas):
+    """out (B, OC) = inp (B, C) @ weight (C, OC) + bias (OC,).
+
+    ``use_blas`` picks one gemm call (large shapes) or explicit loops parallel over batch rows
+    (small shapes, where the BLAS call overhead dominates).
+    """
+    B, C = inp.shape
+    OC = weight.shape[1]
+    if use_blas:
+        np.dot(inp, weight, out)
+        for b in prange(B):
+            for o in range(OC):
+                out[b, o] += bias[o]
+    else:
+        for b in prange(B):
+            for o in range(OC):
+                out[b, o] = bias[o]
+            for c in range(C):
+                x = inp[b, c]
+                for o in range(OC):
+                    out[b, o] += x * weight[c, o]
+
+
+@njit(parallel=True, cache=True)
+def dense_backward(dinp, dweight, dbias, dout, inp, weight, use_blas, need_dinp):
+    """Backward of ``dense_forward`` given dout (B, OC) = dL/dout.
+
+    dweight (C, OC) = inp^T @ dout, dbias (OC,) = sum over rows of dout, and, when ``need_dinp``,
+    dinp (B, C) = dout @ weight^T (the first layer's input needs no gradient).
+    """
+    B, C = inp.shape
+    OC = dout.shape[1]
+    # dbias: one task per block of output features, each summing the rows in order.
+    nblk = (OC + _BIAS_BLOCK - 1) // _BIAS_BLOCK
+    for k in prange(nblk):
+        o0 = k * _BIAS_BLOCK
+        o1 = min(OC, o0 + _BIAS_BLOCK)
+        for o in range(o0, o1):
+            dbias[o] = dout[0, o]
+        for b in range(1, B):
+            for o in range(o0, o1):
+                dbias[o] += dout[b, o]
+    if use_blas:
+        np.dot(inp.T, dout, dweight)
+        if need_dinp:
+            np.dot(dout, weight.T, dinp)
+    else:
+        # dweight: parallel over input features (rows of dweight); rows of the batch summed in order.
+        for c in prange(C):
+            x = inp[0, c]
+            for o in range(OC):
+                dweight[c, o] = x * dout[0, o]
+            for b in range(1, B):
+                x = inp[b, c]
+                for o in range(OC):
+                    dweight[c, o] += x * dout[b, o]
+        if need_dinp:
+            # dinp: parallel over batch rows.
+            for b in prange(B):
+                for c in range(C):
+                    s = dout[b, 0] * weight[c, 0]
+                    for o in range(1, OC):
+                        s += dout[b, o] * weight[c, o]
+                    dinp[b, c] = s
+
+
+# --------------------------------------------------------------------------- activations
+
+
+@njit(parallel=True, cache=True)
+def activation_forward(a, act):
+    """a (B, N): pre-activation z in, act(z) out, in place."""
+    B, N = a.shape
+    if act == ACT_SIGMOID:
+        for b in prange(B):
+            for j in range(N):
+                a[b, j] = _sigmoid(a[b, j])
+    elif act == ACT_RELU:
+        for b in prange(B):
+            for j in range(N):
+                if a[b, j] < 0:  # NaN stays NaN, as in PyTorch
+                    a[b, j] = 0
+    elif act == ACT_TANH:
+        for b in prange(B):
+            for j in range(N):
+                a[b, j] = np.tanh(a[b, j])
+    elif act == ACT_LEAKY_RELU:
+        for b in prange(B):
+            for j in range(N):
+                if a[b, j] < 0:
+                    a[b, j] *= LEAKY_SLOPE
+
+
+@njit(parallel=True, cache=True)
+def activation_backward(dz, a, act):
+    """dz (B, N): dL/da in, dL/dz out, in place; the derivative is taken from the output a (B, N).
+
+    sigmoid' = a (1 - a), tanh' = 1 - a^2, and relu/leaky_relu test a > 0, which is z > 0,
+    so the backward pass needs no copy of z.
+    """
+    B, N = a.shape
+    if act == ACT_SIGMOID:
+        for b in prange(B):
+            for j in range(N):
+                dz[b, j] *= a[b, j] * (1 - a[b, j])
+    elif act == ACT_RELU:
+        for b in prange(B):
+            for j in range(N):
+                if not a[b, j] > 0:
+                    dz[b, j] = 0
+    elif act == ACT_TANH:
+        for b in prange(B):
+            for j in range(N):
+                dz[b, j] *= 1 - a[b, j] * a[b, j]
+    elif act == ACT_LEAKY_RELU:
+        for b in prange(B):
+            for j in range(N):
+                if not a[b, j] > 0:
+                    dz[b, j] *= LEAKY_SLOPE
+
+
+# --------------------------------------------------------------------------- losses (fused with output)
+
+
+@njit(parallel=True, cache=True)
+def loss_forward(row_loss, logits, targets, loss):
+    """Mean loss (PyTorch 'mean' reduction) of logits (B, OC) against targets (B, T).
+
+    row_loss (B,) is a workspace: each row's summed loss is written there in parallel, then the rows
+    are added in order, so the value does not depend on the thread count. Returns a float64.
+    For bce and mse the mean is over B * OC elements, for cross-entropy over B rows.
+    """
+    B, OC = logits.shape
+    if loss == LOSS_BCE:
+        for b in prange(B):
+            s = np.float64(0)  # float64 sums for float32 data, JIT or not
+            for o in range(OC):
+                z = logits[b, o]
+                # max(z, 0) - z y + log(1 + exp(-|z|)): finite for any finite z.
+                s += max(z, 0) - z * targets[b, o] + np.log1p(np.exp(-abs(z)))
+            row_loss[b] = s
+        norm = B * OC
+    elif loss == LOSS_CE:
+        for b in prange(B):
+            m, s = _logsumexp_parts(logits, b)
+            row_loss[b] = m + np.log(s) - logits[b, int(targets[b, 0])]
+        norm = B
+    else:
+        for b in prange(B):
+            s = np.float64(0)  # float64 sums for float32 data, JIT or not
+            for o in range(OC):
+                d = logits[b, o] - targets[b, o]
+                s += d * d
+            row_loss[b] = s
+        norm = B * OC
+    total = np.float64(0)
+    for b in range(B):
+        total += row_loss[b]
+    return total / norm
+
+
+@njit(parallel=True, cache=True)
+def loss_backward(dlogits, logits, targets, loss):
+    """dlogits (B, OC) = dL/dlogits of ``loss_forward``'s mean loss; may alias logits.
+
+    The output activation and the loss are fused: bce and cross-entropy give
+    (probabilities - targets) / n, mse gives 2 (logits - targets) / n.
+    """
+    B, OC = logits.shape
+    if loss == LOSS_BCE:
+        scale = 1.0 / (B * OC)
+        for b in prange(B):
+            for o in range(OC):
+                dlogits[b, o] = (_sigmoid(logits[b, o]) - targets[b, o]) * scale
+    elif loss == LOSS_CE:
+        scale = 1.0 / B
+        for b in prange(B):
+            m, s = _logsumexp_parts(logits, b)
+            label = int(targets[b, 0])
+            for o in range(OC):
+                p = np.exp(logits[b, o] - m) / s
+                if o == label:
+                    p -= 1
+                dlogits[b, o] = p * scale
+    else:
+        scale = 2.0 / (B * OC)
+        for b in prange(B):
+            for o in range(OC):
+                dlogits[b, o] = (logits[b, o] - targets[b, o]) * scale
+
+
+@njit(parallel=True, cache=True)
+def output_forward(out, logits, loss):
+    """out (B, OC) = the loss's output activation of logits (B, OC): sigmoid, softmax or identity.
+
+    May alias logits.
+    """
+    B, OC = logits.shape
+    if loss == LOSS_BCE:
+        for b in prange(B):
+            for o in range(OC):
+                out[b, o] = _sigmoid(logits[b, o])
+    elif loss == LOSS_CE:
+        for b in prange(B):
+            m, s = _logsumexp_parts(logits, b)
+            for o in range(OC):
+                out[b, o] = np.exp(logits[b, o] - m) / s
+    else:
+        for b in prange(B):
+            for o in range(OC):
+                out[b, o] = logits[b, o]
+
+
+# --------------------------------------------------------------------------- optimiser
+
+
+@njit(parallel=True, cache=True)
+def sgd_update(params, velocity, grads, lr, momentum, nesterov, weight_decay):
+    """One ``torch.optim.SGD`` step over the flat buffers params, velocity, grads (P,), in place.
+
+    g = grad + weight_decay * p; v = momentum * v + g; g = g + momentum * v (Nesterov) or v;
+    p -= lr * g. The velocity starts at zero, which makes the first step's v = g, as in PyTorch.
+    """
+    P = params.shape[0]
+    for i in prange(P):
+        g = grads[i]
+        if weight_decay != 0:
+            g = g + weight_decay * params[i]
+        if momentum != 0:
+            v = momentum * velocity[i] + g
+            velocity[i] = v
+            if nesterov:
+                g = g + momentum * v
+            else:
+                g = v
+        params[i] -= lr * g
+
+
+# --------------------------------------------------------------------------- whole network
+
+
+@njit(cache=True)
+def layer_views(params, layout, l):
+    """Views W (C, OC) and b (OC,) of layer l inside the flat buffer params (P,)."""
+    C = layout[l, LAY_C]
+    OC = layout[l, LAY_OC]
+    w0 = layout[l, LAY_W]
+    b0 = layout[l, LAY_B]
+    return params[w0:w0 + C * OC].reshape((C, OC)), params[b0:b0 + OC]
+
+
+@njit(cache=True)
+def activation_view(act_buf, layout, B, l):
+    """View A_l (B, OC_l) of act_buf, which holds A_0..A_{L-1} back to back for a batch of B rows."""
+    off = 0
+    for k in range(l):
+        off += B * layout[k, LAY_OC]
+    OC = layout[l, LAY_OC]
+    return act_buf[off:off + B * OC].reshape((B, OC))
+
+
+@njit(cache=True)
+def network_forward(act_buf, params, inp, layout, acts, use_blas):
+    """Forward pass of inp (B, C_0) through all L layers into act_buf.
+
+    act_buf holds each layer's output A_l (B, OC_l) back to back; the hidden ones are activated and
+    the last holds the logits (the loss applies the output activation).
+    """
+    B = inp.shape[0]
+    L = layout.shape[0]
+    W, bias = layer_views(params, layout, 0)
+    a = activation_view(act_buf, layout, B, 0)
+    dense_forward(a, inp, W, bias, use_blas[0])
+    for l in range(1, L):
+        activation_forward(a, acts[l - 1])
+        a_prev = a
+        W, bias = layer_views(params, layout, l)
+        a = activation_view(act_buf, layout, B, l)
+        dense_forward(a, a_prev, W, bias, use_blas[l])
+
+
+@njit(cache=True)
+def network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, use_blas):
+    """Backward pass filling grads (P,), laid out like params, for the batch inp (B, C_0).
+
+    On entry the last slot of act_buf holds dL/dlogits (``loss_backward`` writes it in place).
+    delta_buf (2 * B * max hidden width) holds the hidden deltas, two slots used in turn.
+    """
+    B = inp.shape[0]
+    L = layout.shape[0]
+    dout = activation_view(act_buf, layout, B, L - 1)
+    half = delta_buf.shape[0] // 2
+    for l in range(L - 1, -1, -1):
+        W, bias = layer_views(params, layout, l)
+        dW, db = layer_views(grads, layout, l)
+        if l == 0:
+            dense_backward(dout, dW, db, dout, inp, W, use_blas[l], False)
+        else:
+            a_prev = activation_view(act_buf, layout, B, l - 1)
+            C = layout[l, LAY_C]
+            s0 = (l % 2) * half
+            dinp = delta_buf[s0:s0 + B * C].reshape((B, C))
+            dense_backward(dinp, dW, db, dout, a_prev, W, use_blas[l], True)
+            activation_backward(dinp, a_prev, acts[l - 1])
+            dout = dinp
+
+
+@njit(parallel=True, cache=True)
+def gather_rows(inp, tgt, X, Y, index, start):
+    """inp (B, C_0) = X[index[start:start+B]], tgt (B, T) = Y[same rows]: index the data, no copy of it."""
+    B = inp.shape[0]
+    for b in prange(B):
+        r = index[start + b]
+        inp[b, :] = X[r, :]
+        tgt[b, :] = Y[r, :]
+
+
+@njit(cache=True)
+def all_finite(x):
+    """True if every element of x (P,) is finite."""
+    for i in range(x.shape[0]):
+        if not np.isfinite(x[i]):
+            return False
+    return True
+
+
+@njit(cache=True)
+def train_epochs(params, velocity, grads, epoch_loss, X, Y, order, layout, acts, use_blas, loss,
+                 batch_size, lr, momentum, nesterov, weight_decay,
+                 inp_buf, tgt_buf, act_buf, delta_buf, row_loss, backup):
+    """Minibatch SGD for E = epoch_loss.shape[0] epochs, all inside compiled code.
+
+    X (N, C_0), Y (N, T); order (E or 1, N) holds each epoch's sample order (one row reused when
+    there is no shuffling). params, velocity, grads (P,) are updated in place; epoch_loss (E,) gets
+    the sample-weighted mean of the batch losses of each epoch. Workspaces: inp_buf (batch_size * C_0),
+    tgt_buf (batch_size * T), act_buf, delta_buf, row_loss (batch_size,), backup (2 P,).
+
+    Returns the number of epochs completed. Fewer than E means the loss or a parameter went
+    non-finite in the next epoch; params and velocity are then restored to their values at that
+    epoch's start.
+    """
+    N, C0 = X.shape
+    T = Y.shape[1]
+    P = params.shape[0]
+    L = layout.shape[0]
+    E = epoch_loss.shape[0]
+    for e in range(E):
+        backup[:P] = params
+        if momentum != 0:
+            backup[P:] = velocity
+        index = order[e % order.shape[0]]
+        total = 0.0
+        ok = True
+        for start in range(0, N, batch_size):
+            B = min(batch_size, N - start)
+            inp = inp_buf[:B * C0].reshape((B, C0))
+            tgt = tgt_buf[:B * T].reshape((B, T))
+            gather_rows(inp, tgt, X, Y, index, start)
+            network_forward(act_buf, params, inp, layout, acts, use_blas)
+            logits = activation_view(act_buf, layout, B, L - 1)
+            value = loss_forward(row_loss[:B], logits, tgt, loss)
+            if not np.isfinite(value):
+                ok = False
+                break
+            total += value * B
+            loss_backward(logits, logits, tgt, loss)
+            network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, use_blas)
+            sgd_update(params, velocity, grads, lr, momentum, nesterov, weight_decay)
+        if ok:
+            ok = all_finite(params)
+        if not ok:
+            params[:] = backup[:P]
+            if momentum != 0:
+                velocity[:] = backup[P:]
+            return e
+        epoch_loss[e] = total / N
+    return E
+
+
+@njit(cache=True)
+def evaluate(out, row_loss, params, X, Y, layout, acts, use_blas, loss, inp_buf, act_buf, with_loss):
+    """Forward X (N, C_0) in chunks of row_loss.shape[0] rows.
+
+    Writes the output activation (probabilities, or the identity output for mse) into out (N, OC)
+    and, when with_loss, returns the mean loss against Y (N, T), else 0.
+    """
+    N, C0 = X.shape
+    L = layout.shape[0]
+    chunk = row_loss.shape[0]
+    total = 0.0
+    for start in range(0, N, chunk):
+        B = min(chunk, N - start)
+        inp = inp_buf[:B * C0].reshape((B, C0))
+        for b in range(B):
+            inp[b, :] = X[start + b, :]
+        network_forward(act_buf, params, inp, layout, acts, use_blas)
+        logits = activation_view(act_buf, layout, B, L - 1)
+        if with_loss:
+            total += loss_forward(row_loss[:B], logits, Y[start:start + B], loss) * B
+        output_forward(out[start:start + B], logits, loss)
+    return total / N

@@ -1,0 +1,107 @@
+"""Checks at the public boundary. Each raises a ValueError or TypeError that names the argument and
+says what was expected; the compiled code behind the boundary trusts what passed."""
+import numbers
+
+import numpy as np
+
+
+def _as_numeric_array(value, name):
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as exc:  # ragged lists, unconvertible objects
+        raise TypeError(f"{name} must be a rectangular numeric array-like; numpy could not "
+                        f"convert it: {exc}") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold numbers (bool, integer or float); got dtype {arr.dtype}")
+    return arr
+
+
+def _finite(arr, name, dtype):
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinity (or values too large for "
+                         f"{np.dtype(dtype).name}); every value must be finite")
+
+
+def features(X, n_features, dtype, name="X"):
+    """X as a C-contiguous (n, n_features) array of dtype, converted once."""
+    arr = _as_numeric_array(X, name)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, shape (n_samples, n_features); got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} is empty: it needs at least one sample")
+    if arr.shape[1] != n_features:
+        raise ValueError(f"{name} has {arr.shape[1]} features per sample; this network expects "
+                         f"{n_features} (sizes[0])")
+    with np.errstate(over="ignore"):  # values too large for dtype become inf, refused just below
+        out = np.ascontiguousarray(arr, dtype=dtype)
+    _finite(out, name, dtype)
+    return out
+
+
+def targets(y, n_samples, kind, n_out, dtype, name="y"):
+    """y as a C-contiguous (n, T) array of dtype for a loss whose targets are ``kind``.
+
+    kind 'binary': 0/1 or soft targets in [0, 1], T = 1; 'labels': integers 0..n_out-1, T = 1;
+    'real': shape (n,) or (n, n_out), T = n_out. Also returns whether y was 1-D.
+    """
+    arr = _as_numeric_array(y, name)
+    if arr.ndim == 0 or arr.ndim > 2:
+        raise ValueError(f"{name} must be 1-D (n_samples,) or 2-D; got shape {arr.shape}")
+    if arr.shape[0] != n_samples:
+        raise ValueError(f"{name} has {arr.shape[0]} samples but X has {n_samples}; "
+                         "they must have the same length")
+    one_d = arr.ndim == 1
+    width = 1 if one_d else arr.shape[1]
+    if kind == "real":
+        if width != n_out:
+            shapes = f"({n_samples}, {n_out})" + (f" or ({n_samples},)" if n_out == 1 else "")
+            raise ValueError(f"{name} must have shape {shapes} to match the {n_out} network "
+                             f"outputs; got shape {arr.shape}")
+    elif width != 1:
+        raise ValueError(f"{name} must be 1-D, shape (n_samples,), one label per sample; "
+                         f"got shape {arr.shape}")
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(arr.reshape(n_samples, width), dtype=dtype)
+    _finite(out, name, dtype)
+    if kind == "binary" and ((out < 0).any() or (out > 1).any()):
+        raise ValueError(f"{name} must hold 0/1 labels or probabilities in [0, 1] for loss 'bce'; "
+                         f"got values in [{out.min()}, {out.max()}]")
+    if kind == "labels":
+        if (arr != np.round(arr)).any() or (arr < 0).any() or (arr >= n_out).any():
+            raise ValueError(f"{name} must hold integer class labels 0..{n_out - 1} for loss "
+                             f"'cross_entropy' with {n_out} outputs; got values in "
+                             f"[{arr.min()}, {arr.max()}]")
+    return out, one_d
+
+
+def integer(value, name, minimum, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer{' or None' if allow_none else ''}; "
+                        f"got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}; got {value}")
+    return int(value)
+
+
+def real(value, name, minimum, strict=False):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number; got {value!r}")
+    value = float(value)
+    if not np.isfinite(value) or value < minimum or (strict and value == minimum):
+        raise ValueError(f"{name} must be finite and {'>' if strict else '>='} {minimum}; "
+                         f"got {value}")
+    return value
+
+
+def boolean(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; got {value!r}")
+    return bool(value)
+
+
+def choice(value, name, options):
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name} must be one of {sorted(options)}; got {value!r}")
+    return value

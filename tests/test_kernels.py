@@ -1,0 +1,234 @@
+"""Each compiled kernel against the NumPy reference and against central finite differences.
+
+Small shapes, so the file also runs in reasonable time under NUMBA_DISABLE_JIT=1 (CI does that, to
+cover the kernels' Python bodies).
+"""
+import numpy as np
+import pytest
+
+from fastbp import _kernels as K
+from fastbp import reference as ref
+from fastbp.activations import ACTIVATIONS as ACT_TABLE
+from fastbp.losses import LOSSES as LOSS_TABLE
+
+from conftest import ACTIVATIONS, DTYPES, LOSSES, make_data, out_width, rel_err
+
+TOL = {np.float64: 1e-12, np.float32: 2e-6}
+B, C, OC = 9, 6, 5
+
+
+def rand(shape, dtype, seed):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def central_difference(f, x, eps=1e-6):
+    """d f / d x by central differences; f() reads x, which is perturbed in place and restored."""
+    grad = np.empty_like(x)
+    flat, g = x.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        up = f()
+        flat[i] = old - eps
+        down = f()
+        flat[i] = old
+        g[i] = (up - down) / (2 * eps)
+    return grad
+
+
+# ----------------------------------------------------------------- dense layer
+
+
+@pytest.mark.parametrize("use_blas", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_forward_matches_reference(dtype, use_blas):
+    inp, W, b = rand((B, C), dtype, 1), rand((C, OC), dtype, 2), rand(OC, dtype, 3)
+    out = np.empty((B, OC), dtype)
+    K.dense_forward(out, inp, W, b, use_blas)
+    expected = inp.astype(np.float64) @ W.astype(np.float64) + b
+    assert out.dtype == dtype
+    assert rel_err(out, expected) < TOL[dtype]
+
+
+@pytest.mark.parametrize("use_blas", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_backward_matches_reference(dtype, use_blas):
+    inp, W, dout = rand((B, C), dtype, 1), rand((C, OC), dtype, 2), rand((B, OC), dtype, 4)
+    dinp, dW, db = np.empty((B, C), dtype), np.empty((C, OC), dtype), np.empty(OC, dtype)
+    K.dense_backward(dinp, dW, db, dout, inp, W, use_blas, True)
+    i64, W64, d64 = (a.astype(np.float64) for a in (inp, W, dout))
+    assert rel_err(dW, i64.T @ d64) < TOL[dtype]
+    assert rel_err(db, d64.sum(axis=0)) < TOL[dtype]
+    assert rel_err(dinp, d64 @ W64.T) < TOL[dtype]
+
+
+def test_dense_backward_skips_input_gradient_when_not_needed():
+    inp, W, dout = rand((B, C), np.float64, 1), rand((C, OC), np.float64, 2), rand((B, OC), np.float64, 4)
+    dinp = np.full((B, C), 7.0)
+    K.dense_backward(dinp, np.empty((C, OC)), np.empty(OC), dout, inp, W, False, False)
+    assert (dinp == 7.0).all()
+
+
+@pytest.mark.parametrize("use_blas", [False, True])
+def test_dense_backward_matches_finite_differences(use_blas):
+    inp, W, b = rand((B, C), np.float64, 1), rand((C, OC), np.float64, 2), rand(OC, np.float64, 3)
+    R = rand((B, OC), np.float64, 5)  # f = sum(R * out), so dL/dout = R
+    out = np.empty((B, OC))
+
+    def f():
+        K.dense_forward(out, inp, W, b, use_blas)
+        return float((R * out).sum())
+
+    dinp, dW, db = np.empty((B, C)), np.empty((C, OC)), np.empty(OC)
+    K.dense_backward(dinp, dW, db, R, inp, W, use_blas, True)
+    for analytic, x in ((dW, W), (db, b), (dinp, inp)):
+        assert rel_err(analytic, central_difference(f, x)) < 1e-6
+
+
+# ----------------------------------------------------------------- activations
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_activation_forward_matches_reference(act, dtype):
+    z = rand((B, OC), dtype, 6) * 3
+    a = z.copy()
+    K.activation_forward(a, ACT_TABLE[act].code)
+    assert rel_err(a, ref.activate(act, z.astype(np.float64))) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_activation_backward_matches_reference(act, dtype):
+    z = rand((B, OC), dtype, 6) * 3
+    da = rand((B, OC), dtype, 7)
+    a = z.copy()
+    K.activation_forward(a, ACT_TABLE[act].code)
+    dz = da.copy()
+    K.activation_backward(dz, a, ACT_TABLE[act].code)
+    expected = da.astype(np.float64) * ref.activation_grad(act, z.astype(np.float64))
+    # float32: sigmoid'/tanh' are computed from the rounded output a, so a few ulps of a
+    tol = TOL[dtype] if dtype == np.float64 else 2e-5
+    assert rel_err(dz, expected) < tol
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_activation_backward_matches_finite_differences(act):
+    z = rand((B, OC), np.float64, 6) * 3
+    R = rand((B, OC), np.float64, 7)
+    code = ACT_TABLE[act].code
+
+    def f():
+        a = z.copy()
+        K.activation_forward(a, code)
+        return float((R * a).sum())
+
+    a = z.copy()
+    K.activation_forward(a, code)
+    dz = R.copy()
+    K.activation_backward(dz, a, code)
+    assert rel_err(dz, central_difference(f, z)) < 1e-6
+
+
+def test_relu_backward_is_zero_at_zero():
+    """PyTorch's convention: relu'(0) = 0."""
+    a = np.zeros((1, 3))
+    dz = np.ones((1, 3))
+    K.activation_backward(dz, a, K.ACT_RELU)
+    assert (dz == 0).all()
+
+
+# ----------------------------------------------------------------- losses
+
+
+def kernel_targets(loss, y, dtype):
+    y = np.asarray(y)
+    return np.ascontiguousarray(y.reshape(len(y), -1), dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("loss", LOSSES)
+def test_loss_forward_matches_reference(loss, dtype):
+    n_out = out_width(loss)
+    _, y = make_data(loss, B, 1, n_out, seed=8, dtype=dtype)
+    logits = rand((B, n_out), dtype, 9) * 2
+    value = K.loss_forward(np.empty(B), logits, kernel_targets(loss, y, dtype), LOSS_TABLE[loss].code)
+    assert rel_err(value, ref.loss_value(loss, logits.astype(np.float64), y)) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("loss", LOSSES)
+def test_loss_backward_matches_reference(loss, dtype):
+    n_out = out_width(loss)
+    _, y = make_data(loss, B, 1, n_out, seed=8, dtype=dtype)
+    logits = rand((B, n_out), dtype, 9) * 2
+    dlogits = np.empty_like(logits)
+    K.loss_backward(dlogits, logits, kernel_targets(loss, y, dtype), LOSS_TABLE[loss].code)
+    assert rel_err(dlogits, ref.loss_grad(loss, logits.astype(np.float64), y)) < TOL[dtype]
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_loss_backward_matches_finite_differences(loss):
+    n_out = out_width(loss)
+    _, y = make_data(loss, B, 1, n_out, seed=8)
+    logits = rand((B, n_out), np.float64, 9) * 2
+    Y, code = kernel_targets(loss, y, np.float64), LOSS_TABLE[loss].code
+    dlogits = np.empty_like(logits)
+    K.loss_backward(dlogits, logits, Y, code)
+    fd = central_difference(lambda: K.loss_forward(np.empty(B), logits, Y, code), logits)
+    assert rel_err(dlogits, fd) < 1e-6
+
+
+def test_loss_backward_may_overwrite_logits():
+    _, y = make_data("cross_entropy", B, 1, 3, seed=8)
+    logits = rand((B, 3), np.float64, 9)
+    Y = kernel_targets("cross_entropy", y, np.float64)
+    separate = np.empty_like(logits)
+    K.loss_backward(separate, logits, Y, K.LOSS_CE)
+    K.loss_backward(logits, logits, Y, K.LOSS_CE)
+    assert np.array_equal(separate, logits)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("loss", ["bce", "cross_entropy"])
+def test_loss_and_probabilities_stay_finite_for_huge_logits(loss, dtype):
+    big = 1e4 if dtype == np.float32 else 1e300
+    logits = np.array([[big, -big, 0.0], [-big, big, big]], dtype=dtype)[:, :out_width(loss)]
+    y = np.array([1, 0]) if loss == "bce" else np.array([1, 2])
+    Y = kernel_targets(loss, y, dtype)
+    code = LOSS_TABLE[loss].code
+    value = K.loss_forward(np.empty(2), logits, Y, code)
+    dlogits, proba = np.empty_like(logits), np.empty_like(logits)
+    K.loss_backward(dlogits, logits, Y, code)
+    K.output_forward(proba, logits, code)
+    assert np.isfinite(value) and np.isfinite(dlogits).all() and np.isfinite(proba).all()
+    assert rel_err(value, ref.loss_value(loss, logits.astype(np.float64), y)) < 1e-12
+    assert rel_err(proba, ref.output(loss, logits.astype(np.float64))) < 1e-12
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("loss", LOSSES)
+def test_output_forward_matches_reference(loss, dtype):
+    logits = rand((B, out_width(loss)), dtype, 9) * 2
+    out = np.empty_like(logits)
+    K.output_forward(out, logits, LOSS_TABLE[loss].code)
+    assert rel_err(out, ref.output(loss, logits.astype(np.float64))) < TOL[dtype]
+
+
+# ----------------------------------------------------------------- optimiser
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("momentum,nesterov,weight_decay",
+                         [(0.0, False, 0.0), (0.9, False, 0.0), (0.9, True, 0.0), (0.5, True, 0.1),
+                          (0.0, False, 0.01)])
+def test_sgd_update_matches_reference(momentum, nesterov, weight_decay, dtype):
+    p = rand(40, dtype, 10)
+    v = np.zeros(40 if momentum else 0, dtype)
+    p_ref, v_ref = p.astype(np.float64), np.zeros(40)
+    t = np.dtype(dtype).type
+    for step in range(3):
+        g = rand(40, dtype, 11 + step)
+        K.sgd_update(p, v, g, t(0.1), t(momentum), nesterov, t(weight_decay))
+        ref.sgd_step([p_ref], [g.astype(np.float64)], [v_ref], 0.1, momentum, nesterov, weight_decay)
+    assert rel_err(p, p_ref) < TOL[dtype] * 10

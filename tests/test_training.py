@@ -1,0 +1,266 @@
+"""Training: the seed exercise, SGD against torch.optim.SGD and the reference, reproducibility."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import reference as ref
+
+from conftest import XOR_X, XOR_Y, make_data, out_width, rel_err
+
+
+def test_xor_learns_for_at_least_19_of_20_seeds():
+    """The lab exercise (2-4-1 sigmoid, bce, lr 1.0) that printed 'Loss: 0.6931' for ever."""
+    solved = []
+    for seed in range(20):
+        net = fastbp.Network([2, 4, 1], activation="sigmoid", loss="bce", seed=seed,
+                             dtype=np.float64)
+        hist = net.fit(XOR_X, XOR_Y, epochs=1000, lr=1.0, shuffle=False)
+        if min(hist.loss) < 0.05 and net.loss(XOR_X, XOR_Y) < 0.05 and \
+                list(net.predict(XOR_X)) == [0, 1, 1, 0]:
+            solved.append(seed)
+    assert len(solved) >= 19, f"solved only seeds {solved}"
+
+
+def test_history_has_one_loss_per_epoch_and_falls():
+    net = fastbp.Network([2, 4, 1], activation="sigmoid", loss="bce", seed=0, dtype=np.float64)
+    hist = net.fit(XOR_X, XOR_Y, epochs=300, lr=1.0, shuffle=False)
+    assert len(hist.loss) == 300 and all(isinstance(v, float) for v in hist.loss)
+    assert hist.loss[-1] < hist.loss[0]
+
+
+def test_log_every_prints_the_epoch_loss(capsys):
+    net = fastbp.Network([2, 4, 1], activation="sigmoid", loss="bce", seed=0, dtype=np.float64)
+    hist = net.fit(XOR_X, XOR_Y, epochs=30, lr=1.0, shuffle=False, log_every=10)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"epoch {k}  loss {hist.loss[k - 1]:.4f}" for k in (10, 20, 30)]
+
+
+def test_fit_without_log_every_prints_nothing(capsys):
+    net = fastbp.Network([2, 4, 1], activation="sigmoid", loss="bce", seed=0)
+    net.fit(XOR_X, XOR_Y, epochs=5, lr=1.0)
+    assert capsys.readouterr().out == ""
+
+
+# ----------------------------------------------------------------- against the reference
+
+
+@pytest.mark.parametrize("loss,act", [("cross_entropy", "relu"), ("mse", "tanh"),
+                                      ("bce", "leaky_relu")])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_minibatch_fit_matches_reference_trajectory(loss, act, shuffle):
+    """Shuffled minibatches (last one short), momentum, weight decay: same weights and same
+    per-epoch losses as the plain NumPy reference with the same seed."""
+    sizes = [6, 9, 8, out_width(loss)]
+    X, y = make_data(loss, 23, sizes[0], sizes[-1], seed=5)
+    kw = dict(epochs=4, lr=0.1, batch_size=5, momentum=0.8, nesterov=True, weight_decay=0.01,
+              shuffle=shuffle)
+    net = fastbp.Network(sizes, activation=act, loss=loss, seed=2, dtype=np.float64)
+    mlp = ref.MLP(sizes, activation=act, loss=loss, seed=2, dtype=np.float64)
+    hist = net.fit(X, y, **kw)
+    ref_hist = mlp.fit(X, y, **kw)
+    assert rel_err(hist.loss, ref_hist) < 1e-12
+    for got, want in zip(net.weights + net.biases, mlp.weights + mlp.biases):
+        assert rel_err(got, want) < 1e-12
+
+
+def test_initial_weights_follow_the_reference_rule():
+    """He uniform before relu/leaky_relu, Glorot elsewhere and at the output, biases zero."""
+    sizes, acts = [7, 9, 8, 6, 3], ["relu", "tanh", "leaky_relu"]
+    net = fastbp.Network(sizes, activation=acts, loss="cross_entropy", seed=11, dtype=np.float64)
+    Ws, bs = ref.init_params(sizes, acts, 11)
+    for got, want in zip(net.weights + net.biases, Ws + bs):
+        assert np.array_equal(got, want)
+
+
+def test_float32_and_float64_start_from_the_same_draws():
+    a = fastbp.Network([4, 5, 2], seed=7, dtype=np.float32)
+    b = fastbp.Network([4, 5, 2], seed=7, dtype=np.float64)
+    for w32, w64 in zip(a.weights, b.weights):
+        assert w32.dtype == np.float32
+        assert np.array_equal(w32, w64.astype(np.float32))
+
+
+def test_float32_fit_tracks_float64_fit():
+    X, y = make_data("cross_entropy", 40, 6, 3, seed=1)
+    nets = [fastbp.Network([6, 8, 3], seed=0, dtype=dt) for dt in (np.float32, np.float64)]
+    h32, h64 = (n.fit(X, y, epochs=5, lr=0.1, batch_size=8) for n in nets)
+    assert rel_err(h32.loss, h64.loss) < 1e-4
+    assert rel_err(nets[0].weights[0], nets[1].weights[0]) < 1e-4
+
+
+# ----------------------------------------------------------------- against torch.optim.SGD
+
+
+@pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True)])
+@pytest.mark.parametrize("loss,act", [("cross_entropy", "relu"), ("mse", "tanh"),
+                                      ("bce", "sigmoid")])
+def test_five_sgd_steps_match_torch(loss, act, momentum, nesterov, torch):
+    F = torch.nn.functional
+    sizes = [5, 7, 6, out_width(loss)]
+    X, y = make_data(loss, 13, sizes[0], sizes[-1], seed=9)
+    net = fastbp.Network(sizes, activation=act, loss=loss, seed=4, dtype=np.float64)
+    params = [torch.tensor(p.copy(), requires_grad=True) for p in net.weights + net.biases]
+    L = len(net.weights)
+    opt = torch.optim.SGD(params, lr=0.2, momentum=momentum, nesterov=nesterov, weight_decay=0.01)
+    act_fn = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}[act]
+    Xt = torch.tensor(X)
+    for _ in range(5):
+        opt.zero_grad()
+        a = Xt
+        for i in range(L):
+            a = a @ params[i] + params[L + i]
+            if i < L - 1:
+                a = act_fn(a)
+        if loss == "bce":
+            value = F.binary_cross_entropy_with_logits(a[:, 0], torch.tensor(y, dtype=a.dtype))
+        elif loss == "cross_entropy":
+            value = F.cross_entropy(a, torch.tensor(y))
+        else:
+            value = F.mse_loss(a, torch.tensor(y))
+        value.backward()
+        opt.step()
+    net.fit(X, y, epochs=5, lr=0.2, momentum=momentum, nesterov=nesterov, weight_decay=0.01,
+            shuffle=False)
+    for got, tensor in zip(net.weights + net.biases, params):
+        assert rel_err(got, tensor.detach().numpy()) < 1e-9
+
+
+# ----------------------------------------------------------------- reproducibility
+
+_FIT_SCRIPT = textwrap.dedent("""
+    import sys, numpy as np, fastbp, numba
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 64))
+    y = rng.integers(0, 10, 300)
+    out = {}
+    # [64, 96, 80, 10] at batch 64 sends the hidden layers through BLAS; [64, 16, 10] does not.
+    for name, sizes in (("blas", [64, 96, 80, 10]), ("loops", [64, 16, 10])):
+        for dt in (np.float32, np.float64):
+            net = fastbp.Network(sizes, activation="relu", loss="cross_entropy", seed=1, dtype=dt)
+            h = net.fit(X, y, epochs=3, lr=0.05, batch_size=64, momentum=0.9)
+            out[f"{name}_{np.dtype(dt).name}"] = np.concatenate(
+                [net._params.astype(np.float64), h.loss])
+    out["threads"] = np.array([numba.get_num_threads()])
+    np.savez(sys.argv[1], **out)
+""")
+
+
+def _fit_in_subprocess(tmp_path, threads):
+    path = tmp_path / f"fit_{threads}.npz"
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads))
+    subprocess.run([sys.executable, "-c", _FIT_SCRIPT, str(path)], check=True, env=env,
+                   timeout=600)
+    return np.load(path)
+
+
+def test_results_do_not_depend_on_the_thread_count(tmp_path):
+    one, two = _fit_in_subprocess(tmp_path, 1), _fit_in_subprocess(tmp_path, 2)
+    assert one["threads"][0] == 1 and two["threads"][0] == 2
+    for key in one.files:
+        if key != "threads":
+            assert np.array_equal(one[key], two[key]), key
+
+
+def test_same_seed_gives_identical_bits():
+    X, y = make_data("cross_entropy", 200, 64, 10, seed=3)
+    runs = []
+    for _ in range(2):
+        net = fastbp.Network([64, 96, 80, 10], seed=5)
+        h = net.fit(X, y, epochs=3, lr=0.05, batch_size=64, momentum=0.9)
+        runs.append((net._params.copy(), h.loss))
+    assert np.array_equal(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]
+
+
+def test_different_seeds_give_different_weights():
+    a, b = fastbp.Network([4, 5, 2], seed=0), fastbp.Network([4, 5, 2], seed=1)
+    assert not np.array_equal(a.weights[0], b.weights[0])
+
+
+def test_shuffle_changes_the_order_each_epoch_but_not_the_data():
+    X, y = make_data("mse", 20, 3, 2, seed=0)
+    X_before, y_before = X.copy(), y.copy()
+    shuffled = fastbp.Network([3, 4, 2], loss="mse", seed=0, dtype=np.float64)
+    ordered = fastbp.Network([3, 4, 2], loss="mse", seed=0, dtype=np.float64)
+    shuffled.fit(X, y, epochs=2, lr=0.1, batch_size=4, shuffle=True)
+    ordered.fit(X, y, epochs=2, lr=0.1, batch_size=4, shuffle=False)
+    assert not np.array_equal(shuffled.weights[0], ordered.weights[0])
+    assert np.array_equal(X, X_before) and np.array_equal(y, y_before)
+
+
+def test_full_batch_is_independent_of_shuffling():
+    X, y = make_data("mse", 20, 3, 2, seed=0)
+    a = fastbp.Network([3, 4, 2], loss="mse", seed=0, dtype=np.float64)
+    b = fastbp.Network([3, 4, 2], loss="mse", seed=0, dtype=np.float64)
+    a.fit(X, y, epochs=3, lr=0.1, shuffle=True)
+    b.fit(X, y, epochs=3, lr=0.1, shuffle=False)
+    # the same samples in another order: the batch sums differ only in rounding
+    assert rel_err(a.weights[0], b.weights[0]) < 1e-12
+
+
+# ----------------------------------------------------------------- predictions
+
+
+def test_predict_shapes_follow_the_loss():
+    X = np.random.default_rng(0).standard_normal((7, 3))
+    bce = fastbp.Network([3, 4, 1], loss="bce")
+    ce = fastbp.Network([3, 4, 5], loss="cross_entropy")
+    assert bce.predict(X).shape == (7,) and set(bce.predict(X)) <= {0, 1}
+    assert bce.predict_proba(X).shape == (7,)
+    assert ce.predict(X).shape == (7,) and ce.predict(X).max() < 5
+    p = ce.predict_proba(X)
+    assert p.shape == (7, 5) and np.allclose(p.sum(axis=1), 1, atol=1e-6)
+    assert np.array_equal(ce.predict(X), p.argmax(axis=1))
+
+
+def test_mse_predict_is_shaped_like_the_training_targets():
+    X = np.random.default_rng(0).standard_normal((7, 3))
+    net = fastbp.Network([3, 4, 1], loss="mse", dtype=np.float64)
+    net.fit(X, np.zeros(7), epochs=1)
+    assert net.predict(X).shape == (7,)
+    net.fit(X, np.zeros((7, 1)), epochs=1)
+    assert net.predict(X).shape == (7, 1)
+    wide = fastbp.Network([3, 4, 2], loss="mse")
+    assert wide.predict(X).shape == (7, 2)
+
+
+def test_predict_in_chunks_matches_one_pass(monkeypatch):
+    import fastbp.network as network_module
+    X = np.random.default_rng(0).standard_normal((50, 3))
+    net = fastbp.Network([3, 6, 4], dtype=np.float64)
+    whole = net.predict_proba(X)
+    monkeypatch.setattr(network_module, "EVAL_CHUNK", 7)
+    assert np.array_equal(net.predict_proba(X), whole)
+    assert rel_err(net.predict_proba(X), ref.MLP([3, 6, 4], dtype=np.float64).predict_proba(X)) < 1e-12
+
+
+def test_any_array_like_input_is_accepted():
+    net = fastbp.Network([2, 3, 2], seed=0, dtype=np.float64)
+    X = np.array([[0.5, 1.0], [2.0, -1.0], [0.0, 3.0]])
+    expected = net.predict_proba(X)
+    for variant in (X.tolist(), np.asfortranarray(X), np.repeat(X, 2, axis=0)[::2]):
+        assert np.array_equal(net.predict_proba(variant), expected)
+    assert rel_err(net.predict_proba(X.astype(np.float32)), expected) < 1e-7
+    ints = np.array([[1, 2], [3, 4]])
+    assert np.array_equal(net.predict_proba(ints), net.predict_proba(ints.astype(np.float64)))
+    assert len(net.fit([[0, 1], [1, 0]], [0, 1], epochs=1).loss) == 1
+
+
+# ----------------------------------------------------------------- real data
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_digits_reach_95_percent(seed):
+    datasets = pytest.importorskip("sklearn.datasets")
+    model_selection = pytest.importorskip("sklearn.model_selection")
+    data = datasets.load_digits()
+    Xtr, Xte, ytr, yte = model_selection.train_test_split(
+        data.data / 16.0, data.target, train_size=1344, stratify=data.target, random_state=0)
+    net = fastbp.Network([64, 64, 10], activation="relu", loss="cross_entropy", seed=seed,
+                         dtype=np.float32)
+    net.fit(Xtr, ytr, epochs=40, lr=0.1, batch_size=32, shuffle=True)
+    assert np.mean(net.predict(Xte) == yte) >= 0.95
