@@ -39,7 +39,9 @@ LOSS_MSE = 2  # identity output, mse_loss
 # Columns of the ``layout`` array: one row per dense layer.
 LAY_C, LAY_OC, LAY_W, LAY_B = 0, 1, 2, 3
 
-_BIAS_BLOCK = 64  # output features per dbias task: contiguous rows, one writer per element
+BIAS_BLOCK = 64  # output features per dbias task: one writer per element, rows summed in order
+UPDATE_CHUNK = 4096  # parameters per optimiser task
+PARALLEL_MIN_WORK = 1 << 15  # element operations below which a loop stays on the calling thread
 
 
 # --------------------------------------------------------------------------- scalar helpers
@@ -68,31 +70,102 @@ def _logsumexp_parts(logits, b):
     return m, s
 
 
+# --------------------------------------------------------------------------- when to go parallel
+
+
+@njit(cache=True)
+def _parallel(work):
+    """Whether a loop of ``work`` element operations is worth waking the thread pool.
+
+    Waking Numba's pool costs microseconds, more than a small layer's whole forward pass, so
+    small loops run on the calling thread. Either way each row is computed by the same code in
+    the same order, so the choice never changes a result.
+    """
+    return work >= PARALLEL_MIN_WORK
+
+
 # --------------------------------------------------------------------------- dense layer
+
+
+@njit(cache=True)
+def _dense_forward_row(out, inp, weight, bias, b):
+    """Row b of out (B, OC) = inp (B, C) @ weight (C, OC) + bias: the weight rows are streamed
+    contiguously, accumulating into the output row."""
+    C, OC = weight.shape
+    for o in range(OC):
+        out[b, o] = bias[o]
+    for c in range(C):
+        x = inp[b, c]
+        for o in range(OC):
+            out[b, o] += x * weight[c, o]
+
+
+@njit(cache=True)
+def _add_bias_row(out, bias, b):
+    for o in range(out.shape[1]):
+        out[b, o] += bias[o]
 
 
 @njit(parallel=True, cache=True)
 def dense_forward(out, inp, weight, bias, use_blas):
     """out (B, OC) = inp (B, C) @ weight (C, OC) + bias (OC,).
 
-    ``use_blas`` picks one gemm call (large shapes) or explicit loops parallel over batch rows
-    (small shapes, where the BLAS call overhead dominates).
+    ``use_blas`` picks one gemm call (large shapes) or explicit loops over batch rows (small
+    shapes, where the BLAS call overhead dominates).
     """
     B, C = inp.shape
     OC = weight.shape[1]
     if use_blas:
         np.dot(inp, weight, out)
+        if _parallel(B * OC):
+            for b in prange(B):
+                _add_bias_row(out, bias, b)
+        else:
+            for b in range(B):
+                _add_bias_row(out, bias, b)
+    elif _parallel(B * C * OC):
         for b in prange(B):
-            for o in range(OC):
-                out[b, o] += bias[o]
+            _dense_forward_row(out, inp, weight, bias, b)
     else:
-        for b in prange(B):
-            for o in range(OC):
-                out[b, o] = bias[o]
-            for c in range(C):
-                x = inp[b, c]
-                for o in range(OC):
-                    out[b, o] += x * weight[c, o]
+        for b in range(B):
+            _dense_forward_row(out, inp, weight, bias, b)
+
+
+@njit(cache=True)
+def _dbias_block(dbias, dout, k):
+    """dbias[o] = sum over rows of dout[:, o] for the k-th block of output features, rows in order."""
+    B, OC = dout.shape
+    o0 = k * BIAS_BLOCK
+    o1 = min(OC, o0 + BIAS_BLOCK)
+    for o in range(o0, o1):
+        dbias[o] = dout[0, o]
+    for b in range(1, B):
+        for o in range(o0, o1):
+            dbias[o] += dout[b, o]
+
+
+@njit(cache=True)
+def _dweight_row(dweight, dout, inp, c):
+    """Row c of dweight (C, OC) = inp^T @ dout: the batch rows summed in order."""
+    B, OC = dout.shape
+    x = inp[0, c]
+    for o in range(OC):
+        dweight[c, o] = x * dout[0, o]
+    for b in range(1, B):
+        x = inp[b, c]
+        for o in range(OC):
+            dweight[c, o] += x * dout[b, o]
+
+
+@njit(cache=True)
+def _dinp_row(dinp, dout, weight, b):
+    """Row b of dinp (B, C) = dout @ weight^T."""
+    C, OC = weight.shape
+    for c in range(C):
+        s = dout[b, 0] * weight[c, 0]
+        for o in range(1, OC):
+            s += dout[b, o] * weight[c, o]
+        dinp[b, c] = s
 
 
 @njit(parallel=True, cache=True)
@@ -100,69 +173,90 @@ def dense_backward(dinp, dweight, dbias, dout, inp, weight, use_blas, need_dinp)
     """Backward of ``dense_forward`` given dout (B, OC) = dL/dout.
 
     dweight (C, OC) = inp^T @ dout, dbias (OC,) = sum over rows of dout, and, when ``need_dinp``,
-    dinp (B, C) = dout @ weight^T (the first layer's input needs no gradient).
+    dinp (B, C) = dout @ weight^T (the first layer's input needs no gradient). In the loops the
+    weight gradient is parallel over input features (rows of dweight), the input gradient over
+    batch rows, dbias over blocks of output features: one writer per element, sums in order.
     """
     B, C = inp.shape
     OC = dout.shape[1]
-    # dbias: one task per block of output features, each summing the rows in order.
-    nblk = (OC + _BIAS_BLOCK - 1) // _BIAS_BLOCK
-    for k in prange(nblk):
-        o0 = k * _BIAS_BLOCK
-        o1 = min(OC, o0 + _BIAS_BLOCK)
-        for o in range(o0, o1):
-            dbias[o] = dout[0, o]
-        for b in range(1, B):
-            for o in range(o0, o1):
-                dbias[o] += dout[b, o]
+    nblk = (OC + BIAS_BLOCK - 1) // BIAS_BLOCK
+    if _parallel(B * OC):
+        for k in prange(nblk):
+            _dbias_block(dbias, dout, k)
+    else:
+        for k in range(nblk):
+            _dbias_block(dbias, dout, k)
     if use_blas:
         np.dot(inp.T, dout, dweight)
         if need_dinp:
             np.dot(dout, weight.T, dinp)
-    else:
-        # dweight: parallel over input features (rows of dweight); rows of the batch summed in order.
+    elif _parallel(B * C * OC):
         for c in prange(C):
-            x = inp[0, c]
-            for o in range(OC):
-                dweight[c, o] = x * dout[0, o]
-            for b in range(1, B):
-                x = inp[b, c]
-                for o in range(OC):
-                    dweight[c, o] += x * dout[b, o]
+            _dweight_row(dweight, dout, inp, c)
         if need_dinp:
-            # dinp: parallel over batch rows.
             for b in prange(B):
-                for c in range(C):
-                    s = dout[b, 0] * weight[c, 0]
-                    for o in range(1, OC):
-                        s += dout[b, o] * weight[c, o]
-                    dinp[b, c] = s
+                _dinp_row(dinp, dout, weight, b)
+    else:
+        for c in range(C):
+            _dweight_row(dweight, dout, inp, c)
+        if need_dinp:
+            for b in range(B):
+                _dinp_row(dinp, dout, weight, b)
 
 
 # --------------------------------------------------------------------------- activations
+
+
+@njit(cache=True)
+def _activation_forward_row(a, act, b):
+    N = a.shape[1]
+    if act == ACT_SIGMOID:
+        for j in range(N):
+            a[b, j] = _sigmoid(a[b, j])
+    elif act == ACT_RELU:
+        for j in range(N):
+            if a[b, j] < 0:  # NaN stays NaN, as in PyTorch
+                a[b, j] = 0
+    elif act == ACT_TANH:
+        for j in range(N):
+            a[b, j] = np.tanh(a[b, j])
+    elif act == ACT_LEAKY_RELU:
+        for j in range(N):
+            if a[b, j] < 0:
+                a[b, j] *= LEAKY_SLOPE
 
 
 @njit(parallel=True, cache=True)
 def activation_forward(a, act):
     """a (B, N): pre-activation z in, act(z) out, in place."""
     B, N = a.shape
+    if act == ACT_IDENTITY:
+        return
+    if _parallel(B * N):
+        for b in prange(B):
+            _activation_forward_row(a, act, b)
+    else:
+        for b in range(B):
+            _activation_forward_row(a, act, b)
+
+
+@njit(cache=True)
+def _activation_backward_row(dz, a, act, b):
+    N = a.shape[1]
     if act == ACT_SIGMOID:
-        for b in prange(B):
-            for j in range(N):
-                a[b, j] = _sigmoid(a[b, j])
+        for j in range(N):
+            dz[b, j] *= a[b, j] * (1 - a[b, j])
     elif act == ACT_RELU:
-        for b in prange(B):
-            for j in range(N):
-                if a[b, j] < 0:  # NaN stays NaN, as in PyTorch
-                    a[b, j] = 0
+        for j in range(N):
+            if not a[b, j] > 0:
+                dz[b, j] = 0
     elif act == ACT_TANH:
-        for b in prange(B):
-            for j in range(N):
-                a[b, j] = np.tanh(a[b, j])
+        for j in range(N):
+            dz[b, j] *= 1 - a[b, j] * a[b, j]
     elif act == ACT_LEAKY_RELU:
-        for b in prange(B):
-            for j in range(N):
-                if a[b, j] < 0:
-                    a[b, j] *= LEAKY_SLOPE
+        for j in range(N):
+            if not a[b, j] > 0:
+                dz[b, j] *= LEAKY_SLOPE
 
 
 @njit(parallel=True, cache=True)
@@ -173,64 +267,80 @@ def activation_backward(dz, a, act):
     so the backward pass needs no copy of z.
     """
     B, N = a.shape
-    if act == ACT_SIGMOID:
+    if act == ACT_IDENTITY:
+        return
+    if _parallel(B * N):
         for b in prange(B):
-            for j in range(N):
-                dz[b, j] *= a[b, j] * (1 - a[b, j])
-    elif act == ACT_RELU:
-        for b in prange(B):
-            for j in range(N):
-                if not a[b, j] > 0:
-                    dz[b, j] = 0
-    elif act == ACT_TANH:
-        for b in prange(B):
-            for j in range(N):
-                dz[b, j] *= 1 - a[b, j] * a[b, j]
-    elif act == ACT_LEAKY_RELU:
-        for b in prange(B):
-            for j in range(N):
-                if not a[b, j] > 0:
-                    dz[b, j] *= LEAKY_SLOPE
+            _activation_backward_row(dz, a, act, b)
+    else:
+        for b in range(B):
+            _activation_backward_row(dz, a, act, b)
 
 
 # --------------------------------------------------------------------------- losses (fused with output)
+
+
+@njit(cache=True)
+def _loss_row(logits, targets, loss, b):
+    """Row b's loss, summed over its outputs, in float64."""
+    OC = logits.shape[1]
+    s = np.float64(0)  # float64 sums for float32 data, JIT or not
+    if loss == LOSS_BCE:
+        for o in range(OC):
+            z = logits[b, o]
+            # max(z, 0) - z y + log(1 + exp(-|z|)): finite for any finite z.
+            s += max(z, 0) - z * targets[b, o] + np.log1p(np.exp(-abs(z)))
+    elif loss == LOSS_CE:
+        m, e = _logsumexp_parts(logits, b)
+        s = m + np.log(e) - logits[b, int(targets[b, 0])]
+    else:
+        for o in range(OC):
+            d = logits[b, o] - targets[b, o]
+            s += d * d
+    return s
 
 
 @njit(parallel=True, cache=True)
 def loss_forward(row_loss, logits, targets, loss):
     """Mean loss (PyTorch 'mean' reduction) of logits (B, OC) against targets (B, T).
 
-    row_loss (B,) is a workspace: each row's summed loss is written there in parallel, then the rows
-    are added in order, so the value does not depend on the thread count. Returns a float64.
-    For bce and mse the mean is over B * OC elements, for cross-entropy over B rows.
+    row_loss (B,) is a workspace: each row's loss is written there (in parallel for large
+    batches), then the rows are added in order, so the value does not depend on the thread
+    count. Returns a float64: the mean over B * OC elements for bce and mse, over B rows for
+    cross-entropy.
     """
     B, OC = logits.shape
-    if loss == LOSS_BCE:
+    if _parallel(B * OC):
         for b in prange(B):
-            s = np.float64(0)  # float64 sums for float32 data, JIT or not
-            for o in range(OC):
-                z = logits[b, o]
-                # max(z, 0) - z y + log(1 + exp(-|z|)): finite for any finite z.
-                s += max(z, 0) - z * targets[b, o] + np.log1p(np.exp(-abs(z)))
-            row_loss[b] = s
-        norm = B * OC
-    elif loss == LOSS_CE:
-        for b in prange(B):
-            m, s = _logsumexp_parts(logits, b)
-            row_loss[b] = m + np.log(s) - logits[b, int(targets[b, 0])]
-        norm = B
+            row_loss[b] = _loss_row(logits, targets, loss, b)
     else:
-        for b in prange(B):
-            s = np.float64(0)  # float64 sums for float32 data, JIT or not
-            for o in range(OC):
-                d = logits[b, o] - targets[b, o]
-                s += d * d
-            row_loss[b] = s
-        norm = B * OC
+        for b in range(B):
+            row_loss[b] = _loss_row(logits, targets, loss, b)
     total = np.float64(0)
     for b in range(B):
         total += row_loss[b]
-    return total / norm
+    return total / (B if loss == LOSS_CE else B * OC)
+
+
+@njit(cache=True)
+def _loss_backward_row(dlogits, logits, targets, loss, b):
+    B, OC = logits.shape
+    if loss == LOSS_BCE:
+        scale = 1.0 / (B * OC)
+        for o in range(OC):
+            dlogits[b, o] = (_sigmoid(logits[b, o]) - targets[b, o]) * scale
+    elif loss == LOSS_CE:
+        m, s = _logsumexp_parts(logits, b)
+        label = int(targets[b, 0])
+        for o in range(OC):
+            p = np.exp(logits[b, o] - m) / s
+            if o == label:
+                p -= 1
+            dlogits[b, o] = p / B
+    else:
+        scale = 2.0 / (B * OC)
+        for o in range(OC):
+            dlogits[b, o] = (logits[b, o] - targets[b, o]) * scale
 
 
 @njit(parallel=True, cache=True)
@@ -241,26 +351,27 @@ def loss_backward(dlogits, logits, targets, loss):
     (probabilities - targets) / n, mse gives 2 (logits - targets) / n.
     """
     B, OC = logits.shape
-    if loss == LOSS_BCE:
-        scale = 1.0 / (B * OC)
+    if _parallel(B * OC):
         for b in prange(B):
-            for o in range(OC):
-                dlogits[b, o] = (_sigmoid(logits[b, o]) - targets[b, o]) * scale
-    elif loss == LOSS_CE:
-        scale = 1.0 / B
-        for b in prange(B):
-            m, s = _logsumexp_parts(logits, b)
-            label = int(targets[b, 0])
-            for o in range(OC):
-                p = np.exp(logits[b, o] - m) / s
-                if o == label:
-                    p -= 1
-                dlogits[b, o] = p * scale
+            _loss_backward_row(dlogits, logits, targets, loss, b)
     else:
-        scale = 2.0 / (B * OC)
-        for b in prange(B):
-            for o in range(OC):
-                dlogits[b, o] = (logits[b, o] - targets[b, o]) * scale
+        for b in range(B):
+            _loss_backward_row(dlogits, logits, targets, loss, b)
+
+
+@njit(cache=True)
+def _output_row(out, logits, loss, b):
+    OC = logits.shape[1]
+    if loss == LOSS_BCE:
+        for o in range(OC):
+            out[b, o] = _sigmoid(logits[b, o])
+    elif loss == LOSS_CE:
+        m, s = _logsumexp_parts(logits, b)
+        for o in range(OC):
+            out[b, o] = np.exp(logits[b, o] - m) / s
+    else:
+        for o in range(OC):
+            out[b, o] = logits[b, o]
 
 
 @njit(parallel=True, cache=True)
@@ -270,33 +381,21 @@ def output_forward(out, logits, loss):
     May alias logits.
     """
     B, OC = logits.shape
-    if loss == LOSS_BCE:
+    if _parallel(B * OC):
         for b in prange(B):
-            for o in range(OC):
-                out[b, o] = _sigmoid(logits[b, o])
-    elif loss == LOSS_CE:
-        for b in prange(B):
-            m, s = _logsumexp_parts(logits, b)
-            for o in range(OC):
-                out[b, o] = np.exp(logits[b, o] - m) / s
+            _output_row(out, logits, loss, b)
     else:
-        for b in prange(B):
-            for o in range(OC):
-                out[b, o] = logits[b, o]
+        for b in range(B):
+            _output_row(out, logits, loss, b)
 
 
 # --------------------------------------------------------------------------- optimiser
 
 
-@njit(parallel=True, cache=True)
-def sgd_update(params, velocity, grads, lr, momentum, nesterov, weight_decay):
-    """One ``torch.optim.SGD`` step over the flat buffers params, velocity, grads (P,), in place.
-
-    g = grad + weight_decay * p; v = momentum * v + g; g = g + momentum * v (Nesterov) or v;
-    p -= lr * g. The velocity starts at zero, which makes the first step's v = g, as in PyTorch.
-    """
+@njit(cache=True)
+def _sgd_chunk(params, velocity, grads, lr, momentum, nesterov, weight_decay, k):
     P = params.shape[0]
-    for i in prange(P):
+    for i in range(k * UPDATE_CHUNK, min(P, (k + 1) * UPDATE_CHUNK)):
         g = grads[i]
         if weight_decay != 0:
             g = g + weight_decay * params[i]
@@ -308,6 +407,24 @@ def sgd_update(params, velocity, grads, lr, momentum, nesterov, weight_decay):
             else:
                 g = v
         params[i] -= lr * g
+
+
+@njit(parallel=True, cache=True)
+def sgd_update(params, velocity, grads, lr, momentum, nesterov, weight_decay):
+    """One ``torch.optim.SGD`` step over the flat buffers params, velocity, grads (P,), in place.
+
+    g = grad + weight_decay * p; v = momentum * v + g; g = g + momentum * v (Nesterov) or v;
+    p -= lr * g. The velocity starts at zero, which makes the first step's v = g, as in PyTorch.
+    Elementwise, so chunks of the buffer go to threads with nothing shared.
+    """
+    P = params.shape[0]
+    chunks = (P + UPDATE_CHUNK - 1) // UPDATE_CHUNK
+    if _parallel(P):
+        for k in prange(chunks):
+            _sgd_chunk(params, velocity, grads, lr, momentum, nesterov, weight_decay, k)
+    else:
+        for k in range(chunks):
+            _sgd_chunk(params, velocity, grads, lr, momentum, nesterov, weight_decay, k)
 
 
 # --------------------------------------------------------------------------- whole network
@@ -379,14 +496,24 @@ def network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, use_b
             dout = dinp
 
 
+@njit(cache=True)
+def _gather_row(inp, tgt, X, Y, index, start, b):
+    r = index[start + b]
+    inp[b, :] = X[r, :]
+    tgt[b, :] = Y[r, :]
+
+
 @njit(parallel=True, cache=True)
 def gather_rows(inp, tgt, X, Y, index, start):
-    """inp (B, C_0) = X[index[start:start+B]], tgt (B, T) = Y[same rows]: index the data, no copy of it."""
-    B = inp.shape[0]
-    for b in prange(B):
-        r = index[start + b]
-        inp[b, :] = X[r, :]
-        tgt[b, :] = Y[r, :]
+    """inp (B, C_0) = X[index[start:start+B]], tgt (B, T) = Y[same rows]: the batch is gathered
+    into a workspace, the data set itself is never copied or reordered."""
+    B, C0 = inp.shape
+    if _parallel(B * C0):
+        for b in prange(B):
+            _gather_row(inp, tgt, X, Y, index, start, b)
+    else:
+        for b in range(B):
+            _gather_row(inp, tgt, X, Y, index, start, b)
 
 
 @njit(cache=True)

@@ -3,6 +3,7 @@
 Small shapes, so the file also runs in reasonable time under NUMBA_DISABLE_JIT=1 (CI does that, to
 cover the kernels' Python bodies).
 """
+import numba
 import numpy as np
 import pytest
 
@@ -15,6 +16,12 @@ from conftest import ACTIVATIONS, DTYPES, LOSSES, make_data, out_width, rel_err
 
 TOL = {np.float64: 1e-12, np.float32: 2e-6}
 B, C, OC = 9, 6, 5
+
+# Shapes (B, C, OC) on both sides of _kernels.PARALLEL_MIN_WORK, so the serial and the prange
+# branch of each kernel are both checked; the large one only when compiled (too slow as Python).
+SHAPES = {"small": (B, C, OC), "large": (256, 24, 160)}
+SIZES = ["small"] if numba.config.DISABLE_JIT else ["small", "large"]
+assert 256 * 160 >= K.PARALLEL_MIN_WORK > B * C * OC
 
 
 def rand(shape, dtype, seed):
@@ -39,9 +46,11 @@ def central_difference(f, x, eps=1e-6):
 # ----------------------------------------------------------------- dense layer
 
 
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("use_blas", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_dense_forward_matches_reference(dtype, use_blas):
+def test_dense_forward_matches_reference(dtype, use_blas, size):
+    B, C, OC = SHAPES[size]
     inp, W, b = rand((B, C), dtype, 1), rand((C, OC), dtype, 2), rand(OC, dtype, 3)
     out = np.empty((B, OC), dtype)
     K.dense_forward(out, inp, W, b, use_blas)
@@ -50,9 +59,11 @@ def test_dense_forward_matches_reference(dtype, use_blas):
     assert rel_err(out, expected) < TOL[dtype]
 
 
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("use_blas", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_dense_backward_matches_reference(dtype, use_blas):
+def test_dense_backward_matches_reference(dtype, use_blas, size):
+    B, C, OC = SHAPES[size]
     inp, W, dout = rand((B, C), dtype, 1), rand((C, OC), dtype, 2), rand((B, OC), dtype, 4)
     dinp, dW, db = np.empty((B, C), dtype), np.empty((C, OC), dtype), np.empty(OC, dtype)
     K.dense_backward(dinp, dW, db, dout, inp, W, use_blas, True)
@@ -88,18 +99,22 @@ def test_dense_backward_matches_finite_differences(use_blas):
 # ----------------------------------------------------------------- activations
 
 
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("act", ACTIVATIONS)
-def test_activation_forward_matches_reference(act, dtype):
+def test_activation_forward_matches_reference(act, dtype, size):
+    B, _, OC = SHAPES[size]
     z = rand((B, OC), dtype, 6) * 3
     a = z.copy()
     K.activation_forward(a, ACT_TABLE[act].code)
     assert rel_err(a, ref.activate(act, z.astype(np.float64))) < TOL[dtype]
 
 
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("act", ACTIVATIONS)
-def test_activation_backward_matches_reference(act, dtype):
+def test_activation_backward_matches_reference(act, dtype, size):
+    B, _, OC = SHAPES[size]
     z = rand((B, OC), dtype, 6) * 3
     da = rand((B, OC), dtype, 7)
     a = z.copy()
@@ -141,14 +156,19 @@ def test_relu_backward_is_zero_at_zero():
 # ----------------------------------------------------------------- losses
 
 
+LOSS_ROWS = {"small": B, "large": 12000}  # 12000 x 3 outputs is past PARALLEL_MIN_WORK
+
+
 def kernel_targets(loss, y, dtype):
     y = np.asarray(y)
     return np.ascontiguousarray(y.reshape(len(y), -1), dtype=dtype)
 
 
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("loss", LOSSES)
-def test_loss_forward_matches_reference(loss, dtype):
+def test_loss_forward_matches_reference(loss, dtype, size):
+    B = LOSS_ROWS[size]
     n_out = out_width(loss)
     _, y = make_data(loss, B, 1, n_out, seed=8, dtype=dtype)
     logits = rand((B, n_out), dtype, 9) * 2
@@ -156,9 +176,11 @@ def test_loss_forward_matches_reference(loss, dtype):
     assert rel_err(value, ref.loss_value(loss, logits.astype(np.float64), y)) < TOL[dtype]
 
 
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("loss", LOSSES)
-def test_loss_backward_matches_reference(loss, dtype):
+def test_loss_backward_matches_reference(loss, dtype, size):
+    B = LOSS_ROWS[size]
     n_out = out_width(loss)
     _, y = make_data(loss, B, 1, n_out, seed=8, dtype=dtype)
     logits = rand((B, n_out), dtype, 9) * 2
@@ -206,9 +228,11 @@ def test_loss_and_probabilities_stay_finite_for_huge_logits(loss, dtype):
     assert rel_err(proba, ref.output(loss, logits.astype(np.float64))) < 1e-12
 
 
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("loss", LOSSES)
-def test_output_forward_matches_reference(loss, dtype):
+def test_output_forward_matches_reference(loss, dtype, size):
+    B = LOSS_ROWS[size]
     logits = rand((B, out_width(loss)), dtype, 9) * 2
     out = np.empty_like(logits)
     K.output_forward(out, logits, LOSS_TABLE[loss].code)
@@ -222,13 +246,15 @@ def test_output_forward_matches_reference(loss, dtype):
 @pytest.mark.parametrize("momentum,nesterov,weight_decay",
                          [(0.0, False, 0.0), (0.9, False, 0.0), (0.9, True, 0.0), (0.5, True, 0.1),
                           (0.0, False, 0.01)])
-def test_sgd_update_matches_reference(momentum, nesterov, weight_decay, dtype):
-    p = rand(40, dtype, 10)
-    v = np.zeros(40 if momentum else 0, dtype)
-    p_ref, v_ref = p.astype(np.float64), np.zeros(40)
+@pytest.mark.parametrize("size", SIZES)
+def test_sgd_update_matches_reference(momentum, nesterov, weight_decay, dtype, size):
+    P = 40 if size == "small" else 50000
+    p = rand(P, dtype, 10)
+    v = np.zeros(P if momentum else 0, dtype)
+    p_ref, v_ref = p.astype(np.float64), np.zeros(P)
     t = np.dtype(dtype).type
     for step in range(3):
-        g = rand(40, dtype, 11 + step)
+        g = rand(P, dtype, 11 + step)
         K.sgd_update(p, v, g, t(0.1), t(momentum), nesterov, t(weight_decay))
         ref.sgd_step([p_ref], [g.astype(np.float64)], [v_ref], 0.1, momentum, nesterov, weight_decay)
     assert rel_err(p, p_ref) < TOL[dtype] * 10

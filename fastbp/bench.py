@@ -1,0 +1,348 @@
+"""``python -m fastbp.bench``: one run, one table, every peer side by side.
+
+Trains the workloads W1, W2, W3 (``fastbp.workloads``) with fastbp, the plain NumPy reference
+(``fastbp.reference``), and, when they are importable, PyTorch (``torch.nn.Linear`` +
+``torch.optim.SGD``) and scikit-learn (``MLPClassifier``/``MLPRegressor``, ``solver="sgd"``), one
+after another in this process, each after a warm-up, and reports the median of the repeats. The
+machine's float32 (and float64) matmul rate, NumPy ``a @ b`` at 4096 x 4096, is measured in the same
+run, as is the environment (CPU, threads, BLAS kernel, versions).
+
+Compare only figures from one run: the machines are shared and noisy. For the BLAS kernel a user
+would get, unset OpenBLAS's overrides in the benchmark command only:
+``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m fastbp.bench``.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from . import Network, reference
+from . import workloads as wl
+
+IMPLS = ("fastbp", "numpy", "torch", "sklearn")
+
+
+# ----------------------------------------------------------------- the trainers
+
+
+class FastbpTrainer:
+    def __init__(self, w, dtype, X, y):
+        self.w, self.X, self.y = w, X, y
+        self.net = Network(w.sizes, activation=w.activation, loss=w.loss, seed=0, dtype=dtype)
+
+    def run(self, epochs):
+        self.net.fit(self.X, self.y, epochs=epochs, lr=self.w.lr, batch_size=self.w.batch,
+                     shuffle=False)
+
+
+class NumpyTrainer(FastbpTrainer):
+    def __init__(self, w, dtype, X, y):
+        self.w, self.X, self.y = w, X, y
+        self.net = reference.MLP(w.sizes, activation=w.activation, loss=w.loss, seed=0,
+                                 dtype=dtype)
+
+
+class TorchTrainer:
+    def __init__(self, w, dtype, X, y):
+        import torch
+        self.torch, self.w = torch, w
+        tdt = torch.float64 if dtype == np.float64 else torch.float32
+        act = {"relu": torch.nn.ReLU, "sigmoid": torch.nn.Sigmoid, "tanh": torch.nn.Tanh}
+        layers = []
+        for i, (a, b) in enumerate(zip(w.sizes[:-1], w.sizes[1:])):
+            layers.append(torch.nn.Linear(a, b, dtype=tdt))
+            if i < len(w.sizes) - 2:
+                layers.append(act[w.activation]())
+        self.model = torch.nn.Sequential(*layers)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=w.lr)
+        self.X = torch.from_numpy(np.ascontiguousarray(X, dtype=dtype))
+        if w.loss == "cross_entropy":
+            self.y, self.loss = torch.from_numpy(y.astype(np.int64)), torch.nn.CrossEntropyLoss()
+        elif w.loss == "bce":
+            self.y = torch.from_numpy(y.reshape(-1, 1).astype(dtype))
+            self.loss = torch.nn.BCEWithLogitsLoss()
+        else:
+            self.y, self.loss = torch.from_numpy(np.asarray(y, dtype=dtype)), torch.nn.MSELoss()
+
+    def run(self, epochs):
+        n, b = len(self.X), self.w.batch
+        for _ in range(epochs):
+            for s in range(0, n, b):
+                self.opt.zero_grad()
+                self.loss(self.model(self.X[s:s + b]), self.y[s:s + b]).backward()
+                self.opt.step()
+
+
+class SklearnTrainer:
+    def __init__(self, w, dtype, X, y):
+        from sklearn.neural_network import MLPClassifier, MLPRegressor
+        cls = MLPRegressor if w.loss == "mse" else MLPClassifier
+        self.X, self.y = np.ascontiguousarray(X, dtype=dtype), y
+        act = "logistic" if w.activation == "sigmoid" else w.activation
+        self.model = cls(hidden_layer_sizes=w.sizes[1:-1], activation=act, solver="sgd",
+                         batch_size=w.batch, learning_rate_init=w.lr, momentum=0.0, alpha=0.0,
+                         shuffle=False, tol=0.0, n_iter_no_change=10 ** 9, random_state=0,
+                         warm_start=True)
+
+    def run(self, epochs):
+        self.model.max_iter = epochs
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ConvergenceWarning: we stop it on purpose
+            self.model.fit(self.X, self.y)
+
+
+TRAINERS = {"fastbp": FastbpTrainer, "numpy": NumpyTrainer, "torch": TorchTrainer,
+            "sklearn": SklearnTrainer}
+
+
+def available(impl):
+    module = {"torch": "torch", "sklearn": "sklearn"}.get(impl)
+    if module is None:
+        return True
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        return False
+
+
+# ----------------------------------------------------------------- measurements
+
+
+def median_time(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def matmul_gflops(dtype, n=4096, repeats=5):
+    """The machine's matmul rate: NumPy a @ b, n x n, all cores, median of repeats."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(dtype)
+    b = rng.standard_normal((n, n)).astype(dtype)
+    a @ b
+    t, _ = median_time(lambda: a @ b, repeats)
+    return 2 * n ** 3 / t / 1e9
+
+
+def plan(name, quick):
+    """(samples, epochs per timed call, repeats) for a workload."""
+    w = wl.WORKLOADS[name]
+    if name == "W1":
+        return w.samples, (200 if quick else 1000), (3 if quick else 7)
+    if quick:
+        return (w.batch * 16 if name == "W2" else w.batch), 1, 3
+    return w.samples, 1, 5
+
+
+def measure(name, impl, dtype, quick):
+    w = wl.WORKLOADS[name]
+    samples, epochs, repeats = plan(name, quick)
+    X, y = wl.data(name, dtype, samples)
+    t0 = time.perf_counter()
+    trainer = TRAINERS[impl](w, dtype, X, y)
+    trainer.run(1)  # warm-up: Numba compiles or loads its cache here; BLAS and torch warm up
+    first = time.perf_counter() - t0
+    t, times = median_time(lambda: trainer.run(epochs), repeats)
+    per_epoch = t / epochs
+    return dict(workload=name, impl=impl, dtype=np.dtype(dtype).name, samples=samples,
+                epochs_per_call=epochs, repeats=repeats, seconds_per_epoch=per_epoch,
+                samples_per_s=samples / per_epoch,
+                gflops=wl.training_flops(name, samples) / per_epoch / 1e9,
+                first_call_s=first, times=times)
+
+
+def peak_rss(name, impl, dtype, quick):
+    """Peak RSS of one warm-up + one epoch in a fresh process, and the RSS before the model was
+    built (after imports and data), in MiB; None if the child failed."""
+    cmd = [sys.executable, "-m", "fastbp.bench", "--rss-probe", name, impl, np.dtype(dtype).name]
+    if quick:
+        cmd.append("--quick")
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def _rss_probe(name, impl, dtype, quick):
+    if impl in ("fastbp", "torch", "sklearn"):
+        __import__({"fastbp": "numba", "torch": "torch", "sklearn": "sklearn.neural_network"}[impl])
+    samples, _, _ = plan(name, quick)
+    X, y = wl.data(name, dtype, samples)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    trainer = TRAINERS[impl](wl.WORKLOADS[name], dtype, X, y)
+    trainer.run(1)
+    trainer.run(1)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(dict(baseline_mib=base, peak_mib=peak)))
+
+
+def environment():
+    import numba
+    import scipy
+    from threadpoolctl import threadpool_info
+
+    from . import _kernels
+    _kernels.sgd_update(np.zeros(4), np.zeros(4), np.ones(4), 0.1, 0.0, False, 0.0)  # starts the pool
+    cpu = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "cpu family", "model") and key not in cpu:
+                    cpu[key] = value.strip()
+                if key == "flags" and "avx512" not in cpu:
+                    cpu["avx512"] = "avx512f" in value.split()
+    except OSError:
+        pass
+    versions = {"python": platform.python_version(), "numpy": np.__version__,
+                "numba": numba.__version__, "scipy": scipy.__version__}
+    for mod in ("torch", "sklearn", "threadpoolctl"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError:
+            pass
+    blas = [dict(library=os.path.basename(i["filepath"]), api=i["internal_api"],
+                 kernel=i.get("architecture"), version=i.get("version"),
+                 threads=i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
+    info = dict(cpu=cpu.get("model name", platform.processor()),
+                cpu_family=cpu.get("cpu family"), cpu_model=cpu.get("model"),
+                avx512=cpu.get("avx512"), cores=os.cpu_count(),
+                numba_threads=numba.get_num_threads(), threading_layer=numba.threading_layer(),
+                blas=blas, versions=versions,
+                openblas_overrides={k: os.environ[k] for k in ("OPENBLAS_CORETYPE",
+                                                               "OPENBLAS_L2_SIZE")
+                                    if k in os.environ})
+    try:
+        import torch
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return info
+
+
+# ----------------------------------------------------------------- the table
+
+
+def _fmt_time(s):
+    return f"{s * 1e6:.2f} us" if s < 1e-3 else f"{s * 1e3:.2f} ms" if s < 1 else f"{s:.3f} s"
+
+
+def print_report(report, out=sys.stdout):
+    env = report["environment"]
+    print(f"fastbp.bench  {'(quick) ' if report['quick'] else ''}{time.strftime('%Y-%m-%d %H:%M')}",
+          file=out)
+    print(f"CPU {env['cpu']} (family {env['cpu_family']}, model {env['cpu_model']}, "
+          f"AVX-512 {env['avx512']}), {env['cores']} cores", file=out)
+    print(f"Numba {env['versions']['numba']}: {env['numba_threads']} threads, "
+          f"threading layer {env['threading_layer']}", file=out)
+    for b in env["blas"]:
+        print(f"BLAS {b['library']}: {b['api']} {b['version']}, kernel {b['kernel']}, "
+              f"{b['threads']} threads", file=out)
+    print(f"OpenBLAS overrides in the environment: {env['openblas_overrides'] or 'none'}", file=out)
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), file=out)
+    for dt, rate in report["matmul_gflops"].items():
+        print(f"matmul rate ({dt}, NumPy 4096^3, all cores): {rate:.1f} GFLOP/s", file=out)
+    rows = report["results"]
+    for name in dict.fromkeys(r["workload"] for r in rows):
+        w = wl.WORKLOADS[name]
+        for dt in dict.fromkeys(r["dtype"] for r in rows if r["workload"] == name):
+            sel = [r for r in rows if r["workload"] == name and r["dtype"] == dt]
+            print(f"\n{name} {w.what}: {'-'.join(map(str, w.sizes))} {w.activation}/{w.loss}, "
+                  f"batch {w.batch}, {sel[0]['samples']} samples, {dt}, median of "
+                  f"{sel[0]['repeats']} x {sel[0]['epochs_per_call']} epoch(s)", file=out)
+            print(f"  {'impl':8s} {'per epoch':>11s} {'samples/s':>12s} {'GFLOP/s':>8s} "
+                  f"{'% matmul':>8s} {'vs numpy':>9s} {'peak RSS':>9s} {'1st call':>9s}", file=out)
+            for r in sel:
+                rss = f"{r['peak_rss_mib']:.0f} MiB" if r.get("peak_rss_mib") else "-"
+                print(f"  {r['impl']:8s} {_fmt_time(r['seconds_per_epoch']):>11s} "
+                      f"{r['samples_per_s']:12,.0f} {r['gflops']:8.2f} {r['pct_matmul']:7.1f}% "
+                      f"{r['speedup_vs_numpy']:8.2f}x {rss:>9s} {r['first_call_s']:8.2f}s",
+                      file=out)
+    print("\nvs numpy: NumPy-reference time / this time (higher is faster). GFLOP/s: 6 x weights x "
+          "samples / time. 1st call: model build + warm-up epoch (fastbp: Numba compile or cache "
+          "load).", file=out)
+
+
+def run(workloads, impls, dtypes, quick, rss, progress):
+    report = dict(quick=quick, environment=environment(), matmul_gflops={}, results=[])
+    jobs = []
+    for name in workloads:
+        for dt in (("float64", "float32") if name == "W1" and dtypes == ["float32"] else dtypes):
+            jobs += [(name, impl, dt) for impl in impls]
+    for dt in dict.fromkeys(j[2] for j in jobs):
+        report["matmul_gflops"][dt] = matmul_gflops(np.dtype(dt), repeats=3 if quick else 5)
+    for k, (name, impl, dt) in enumerate(jobs, 1):
+        if progress:
+            print(f"\r[{k}/{len(jobs)}] {name} {impl} {dt}          ", end="", file=sys.stderr,
+                  flush=True)
+        r = measure(name, impl, np.dtype(dt), quick)
+        if rss and name == "W3":
+            probe = peak_rss(name, impl, np.dtype(dt), quick)
+            if probe:
+                r["peak_rss_mib"] = probe["peak_mib"]
+                r["baseline_rss_mib"] = probe["baseline_mib"]
+        report["results"].append(r)
+    if progress:
+        print("\r" + " " * 50 + "\r", end="", file=sys.stderr, flush=True)
+    for r in report["results"]:
+        base = next(x for x in report["results"] if x["workload"] == r["workload"]
+                    and x["dtype"] == r["dtype"] and x["impl"] == "numpy")
+        r["speedup_vs_numpy"] = base["seconds_per_epoch"] / r["seconds_per_epoch"]
+        r["pct_matmul"] = 100 * r["gflops"] / report["matmul_gflops"][r["dtype"]]
+    return report
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m fastbp.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="a seconds-long run on smaller data")
+    p.add_argument("--workload", action="append", choices=sorted(wl.WORKLOADS),
+                   help="run only this workload (repeatable)")
+    p.add_argument("--impl", action="append", choices=IMPLS, help="only this implementation")
+    p.add_argument("--dtype", choices=["float32", "float64", "both"], default="float32",
+                   help="W2 and W3 dtype (W1 always runs both)")
+    p.add_argument("--threads", type=int, help="threads for every implementation (default: all)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--no-rss", action="store_true", help="skip the W3 peak-RSS child processes")
+    p.add_argument("--rss-probe", nargs=3, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.rss_probe:
+        name, impl, dt = args.rss_probe
+        return _rss_probe(name, impl, np.dtype(dt), args.quick)
+    if args.threads:
+        import numba
+        from threadpoolctl import threadpool_limits
+        numba.set_num_threads(args.threads)
+        threadpool_limits(args.threads)
+        try:
+            import torch
+            torch.set_num_threads(args.threads)
+        except ImportError:
+            pass
+    impls = [i for i in (args.impl or IMPLS) if available(i)]
+    if "numpy" not in impls:
+        impls.insert(0, "numpy")  # every ratio is against it
+    dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
+    report = run(args.workload or sorted(wl.WORKLOADS), impls, dtypes, args.quick,
+                 rss=not args.no_rss, progress=not args.json)
+    print_report(report)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
