@@ -1,0 +1,53 @@
+"""Tracked values robust to machine noise: the fastbp/NumPy speedup measured side by side in one
+process, and the final training loss of both (a faster kernel that computes something else shows
+as a changed loss)."""
+import statistics
+import time
+
+from .common import IMPLS, Trainer, final_loss
+
+# (samples, epochs per timed call, repeats) per workload: seconds, not minutes, for both.
+PLAN = {"W1": (None, 200, 5), "W2": (6400, 1, 5), "W3": (4096, 1, 3)}
+
+
+def _median_time(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+class Speedup:
+    params = ["W1", "W2", "W3"]
+    param_names = ["workload"]
+    unit = "x (numpy time / fastbp time)"
+    timeout = 600
+
+    def setup(self, workload):
+        samples, self.epochs, self.repeats = PLAN[workload]
+        self.trainers = {impl: Trainer(impl, workload, "float32", samples) for impl in IMPLS}
+        for t in self.trainers.values():
+            t.fit(epochs=1)
+
+    def track_speedup(self, workload):
+        times = {impl: _median_time(lambda: t.fit(epochs=self.epochs), self.repeats)
+                 for impl, t in self.trainers.items()}
+        return times["numpy"] / times["fastbp"]
+
+
+class FinalLoss:
+    """The training loss after a fixed run, float64 so both implementations agree to ~1e-12."""
+    params = (IMPLS, ["W1", "W2", "W3"])
+    param_names = ["impl", "workload"]
+    unit = "loss"
+    timeout = 600
+    RUN = {"W1": (None, 500), "W2": (6400, 2), "W3": (4096, 2)}
+
+    def setup(self, impl, workload):
+        samples, self.epochs = self.RUN[workload]
+        self.t = Trainer(impl, workload, "float64", samples)
+
+    def track_final_loss(self, impl, workload):
+        return final_loss(self.t.fit(epochs=self.epochs))
