@@ -119,13 +119,13 @@ def dense_forward(out, inp, weight, bias, use_blas):
         np.dot(inp, weight, out)
         if _parallel(B * OC):
             for b in prange(B):
-                _add_bias_row(out, bias, b)
+                _add_bias_row(out, bias, np.int64(b))
         else:
             for b in range(B):
                 _add_bias_row(out, bias, b)
     elif _parallel(B * C * OC):
         for b in prange(B):
-            _dense_forward_row(out, inp, weight, bias, b)
+            _dense_forward_row(out, inp, weight, bias, np.int64(b))
     else:
         for b in range(B):
             _dense_forward_row(out, inp, weight, bias, b)
@@ -185,7 +185,7 @@ def dense_backward(dinp, dweight, dbias, dout, inp, weight, use_blas, need_dinp)
     nblk = (OC + BIAS_BLOCK - 1) // BIAS_BLOCK
     if _parallel(B * OC):
         for k in prange(nblk):
-            _dbias_block(dbias, dout, k)
+            _dbias_block(dbias, dout, np.int64(k))
     else:
         for k in range(nblk):
             _dbias_block(dbias, dout, k)
@@ -195,10 +195,10 @@ def dense_backward(dinp, dweight, dbias, dout, inp, weight, use_blas, need_dinp)
             np.dot(dout, weight.T, dinp)
     elif _parallel(B * C * OC):
         for c in prange(C):
-            _dweight_row(dweight, dout, inp, c)
+            _dweight_row(dweight, dout, inp, np.int64(c))
         if need_dinp:
             for b in prange(B):
-                _dinp_row(dinp, dout, weight, b)
+                _dinp_row(dinp, dout, weight, np.int64(b))
     else:
         for c in range(C):
             _dweight_row(dweight, dout, inp, c)
@@ -237,7 +237,7 @@ def activation_forward(a, act):
         return
     if _parallel(B * N):
         for b in prange(B):
-            _activation_forward_row(a, act, b)
+            _activation_forward_row(a, act, np.int64(b))
     else:
         for b in range(B):
             _activation_forward_row(a, act, b)
@@ -274,7 +274,7 @@ def activation_backward(dz, a, act):
         return
     if _parallel(B * N):
         for b in prange(B):
-            _activation_backward_row(dz, a, act, b)
+            _activation_backward_row(dz, a, act, np.int64(b))
     else:
         for b in range(B):
             _activation_backward_row(dz, a, act, b)
@@ -315,7 +315,7 @@ def loss_forward(row_loss, logits, targets, loss):
     B, OC = logits.shape
     if _parallel(B * OC):
         for b in prange(B):
-            row_loss[b] = _loss_row(logits, targets, loss, b)
+            row_loss[b] = _loss_row(logits, targets, loss, np.int64(b))
     else:
         for b in range(B):
             row_loss[b] = _loss_row(logits, targets, loss, b)
@@ -356,7 +356,7 @@ def loss_backward(dlogits, logits, targets, loss):
     B, OC = logits.shape
     if _parallel(B * OC):
         for b in prange(B):
-            _loss_backward_row(dlogits, logits, targets, loss, b)
+            _loss_backward_row(dlogits, logits, targets, loss, np.int64(b))
     else:
         for b in range(B):
             _loss_backward_row(dlogits, logits, targets, loss, b)
@@ -386,7 +386,7 @@ def output_forward(out, logits, loss):
     B, OC = logits.shape
     if _parallel(B * OC):
         for b in prange(B):
-            _output_row(out, logits, loss, b)
+            _output_row(out, logits, loss, np.int64(b))
     else:
         for b in range(B):
             _output_row(out, logits, loss, b)
@@ -433,7 +433,8 @@ def sgd_update(params, velocity, grads, lr, momentum, nesterov, weight_decay):
     chunks = (P + UPDATE_CHUNK - 1) // UPDATE_CHUNK
     if _parallel(P):
         for k in prange(chunks):
-            _sgd_chunk(params, velocity, grads, lr, momentum, nesterov, weight_decay, k)
+            _sgd_chunk(params, velocity, grads, lr, momentum, nesterov, weight_decay,
+                       np.int64(k))
     else:
         for k in range(chunks):
             _sgd_chunk(params, velocity, grads, lr, momentum, nesterov, weight_decay, k)
@@ -471,15 +472,14 @@ def network_forward(act_buf, params, inp, layout, acts, use_blas):
     """
     B = inp.shape[0]
     L = layout.shape[0]
-    W, bias = layer_views(params, layout, 0)
-    a = activation_view(act_buf, layout, B, 0)
-    dense_forward(a, inp, W, bias, use_blas[0])
-    for l in range(1, L):
-        activation_forward(a, acts[l - 1])
-        a_prev = a
+    a = inp
+    for l in range(L):
+        if l > 0:
+            activation_forward(a, acts[l - 1])
         W, bias = layer_views(params, layout, l)
-        a = activation_view(act_buf, layout, B, l)
-        dense_forward(a, a_prev, W, bias, use_blas[l])
+        out = activation_view(act_buf, layout, B, l)
+        dense_forward(out, a, W, bias, use_blas[l])
+        a = out
 
 
 @njit(cache=True)
@@ -496,16 +496,16 @@ def network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, use_b
     for l in range(L - 1, -1, -1):
         W, bias = layer_views(params, layout, l)
         dW, db = layer_views(grads, layout, l)
-        if l == 0:
-            dense_backward(dout, dW, db, dout, inp, W, use_blas[l], False)
-        else:
-            a_prev = activation_view(act_buf, layout, B, l - 1)
-            C = layout[l, LAY_C]
-            s0 = (l % 2) * half
-            dinp = delta_buf[s0:s0 + B * C].reshape((B, C))
-            dense_backward(dinp, dW, db, dout, a_prev, W, use_blas[l], True)
+        C = layout[l, LAY_C] if l > 0 else 0  # layer 0 writes no dinp: an empty view
+        s0 = (l % 2) * half
+        dinp = delta_buf[s0:s0 + B * C].reshape((B, C))
+        a_prev = activation_view(act_buf, layout, B, l - 1) if l > 0 else inp
+        # The network's input needs no gradient: layer 0 skips dinp (one call site, so the
+        # kernel compiles once, not once per literal flag).
+        dense_backward(dinp, dW, db, dout, a_prev, W, use_blas[l], l > 0)
+        if l > 0:
             activation_backward(dinp, a_prev, acts[l - 1])
-            dout = dinp
+        dout = dinp
 
 
 @njit(cache=True)
@@ -522,7 +522,7 @@ def gather_rows(inp, tgt, X, Y, index, start):
     B, C0 = inp.shape
     if _parallel(B * C0):
         for b in prange(B):
-            _gather_row(inp, tgt, X, Y, index, start, b)
+            _gather_row(inp, tgt, X, Y, index, start, np.int64(b))
     else:
         for b in range(B):
             _gather_row(inp, tgt, X, Y, index, start, b)
