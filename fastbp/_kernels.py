@@ -538,6 +538,30 @@ def all_finite(x):
 
 
 @njit(cache=True)
+def batch_gradients(grads, params, X, Y, index, start, stop, layout, acts, use_blas, loss,
+                    inp_buf, tgt_buf, act_buf, delta_buf, row_loss):
+    """grads (P,) = the gradient of the mean loss over the rows index[start:stop] of X (N, C_0),
+    Y (N, T); returns that mean loss. A non-finite loss returns at once, grads unwritten.
+
+    The batch is gathered into inp_buf / tgt_buf; act_buf, delta_buf and row_loss are workspaces
+    for at least stop - start rows.
+    """
+    B = stop - start
+    C0 = X.shape[1]
+    T = Y.shape[1]
+    inp = inp_buf[:B * C0].reshape((B, C0))
+    tgt = tgt_buf[:B * T].reshape((B, T))
+    gather_rows(inp, tgt, X, Y, index, start)
+    network_forward(act_buf, params, inp, layout, acts, use_blas)
+    logits = activation_view(act_buf, layout, B, layout.shape[0] - 1)
+    value = loss_forward(row_loss[:B], logits, tgt, loss)
+    if np.isfinite(value):
+        loss_backward(logits, logits, tgt, loss)
+        network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, use_blas)
+    return value
+
+
+@njit(cache=True)
 def train_epochs(params, velocity, grads, epoch_loss, X, Y, order, layout, acts, use_blas, loss,
                  batch_size, lr, momentum, nesterov, weight_decay,
                  inp_buf, tgt_buf, act_buf, delta_buf, row_loss, backup):
@@ -545,17 +569,15 @@ def train_epochs(params, velocity, grads, epoch_loss, X, Y, order, layout, acts,
 
     X (N, C_0), Y (N, T); order (E or 1, N) holds each epoch's sample order (one row reused when
     there is no shuffling). params, velocity, grads (P,) are updated in place; epoch_loss (E,) gets
-    the sample-weighted mean of the batch losses of each epoch. Workspaces: inp_buf (batch_size * C_0),
-    tgt_buf (batch_size * T), act_buf, delta_buf, row_loss (batch_size,), backup (2 P,).
+    the sample-weighted mean of the batch losses of each epoch. Workspaces: as for
+    ``batch_gradients`` with batch_size rows, and backup (P + velocity size,).
 
     Returns the number of epochs completed. Fewer than E means the loss or a parameter went
     non-finite in the next epoch; params and velocity are then restored to their values at that
     epoch's start.
     """
-    N, C0 = X.shape
-    T = Y.shape[1]
+    N = X.shape[0]
     P = params.shape[0]
-    L = layout.shape[0]
     E = epoch_loss.shape[0]
     for e in range(E):
         backup[:P] = params
@@ -565,19 +587,13 @@ def train_epochs(params, velocity, grads, epoch_loss, X, Y, order, layout, acts,
         total = 0.0
         ok = True
         for start in range(0, N, batch_size):
-            B = min(batch_size, N - start)
-            inp = inp_buf[:B * C0].reshape((B, C0))
-            tgt = tgt_buf[:B * T].reshape((B, T))
-            gather_rows(inp, tgt, X, Y, index, start)
-            network_forward(act_buf, params, inp, layout, acts, use_blas)
-            logits = activation_view(act_buf, layout, B, L - 1)
-            value = loss_forward(row_loss[:B], logits, tgt, loss)
+            stop = min(N, start + batch_size)
+            value = batch_gradients(grads, params, X, Y, index, start, stop, layout, acts,
+                                    use_blas, loss, inp_buf, tgt_buf, act_buf, delta_buf, row_loss)
             if not np.isfinite(value):
                 ok = False
                 break
-            total += value * B
-            loss_backward(logits, logits, tgt, loss)
-            network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, use_blas)
+            total += value * (stop - start)
             sgd_update(params, velocity, grads, lr, momentum, nesterov, weight_decay)
         if ok:
             ok = all_finite(params)

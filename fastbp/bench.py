@@ -234,6 +234,82 @@ def environment():
     return info
 
 
+# ----------------------------------------------------------------- MPI scaling
+
+
+def _mpiexec():
+    import shutil
+    from pathlib import Path
+    local = Path(sys.executable).parent / "mpiexec"
+    return str(local) if local.exists() else shutil.which("mpiexec")
+
+
+def _mpi_worker(name, quick):
+    """Runs under mpiexec: a data-parallel fit of one workload; rank 0 prints a JSON line."""
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    w = wl.WORKLOADS[name]
+    samples = w.batch * (1 if quick else 4)
+    X, y = wl.data(name, np.float32, samples)
+    net = Network(w.sizes, activation=w.activation, loss=w.loss, seed=0)
+    kw = dict(lr=w.lr, batch_size=w.batch, shuffle=False, comm=comm)
+    net.fit(X[:w.batch * 2], y[:w.batch * 2], epochs=1, **kw)  # compile / load the cache
+    comm.Barrier()
+    t0 = time.perf_counter()
+    hist = net.fit(X, y, epochs=1, **kw)
+    elapsed = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
+    allreduce = comm.allreduce(hist.comm["allreduce_seconds"], op=MPI.MAX)
+    if comm.rank == 0:
+        steps = hist.comm["steps"]
+        print(json.dumps(dict(workload=name, ranks=comm.size, samples=samples,
+                              threads_per_rank=hist.comm["threads_per_rank"], seconds=elapsed,
+                              samples_per_s=samples / elapsed, steps=steps,
+                              step_s=elapsed / steps, allreduce_s_per_step=allreduce / steps,
+                              bytes_per_step=hist.comm["bytes_per_step"])))
+
+
+def mpi_scaling(name, quick, ranks=(1, 2)):
+    """Samples/s of a data-parallel fit for each rank count, each in its own mpiexec job."""
+    exe = _mpiexec()
+    if exe is None:
+        raise SystemExit("--mpi needs mpiexec: pip install 'fastbp[mpi]'")
+    rows = []
+    for n in ranks:
+        cmd = [exe, "-n", str(n), sys.executable, "-m", "fastbp.bench", "--mpi-worker", name]
+        out = subprocess.run(cmd + (["--quick"] if quick else []), capture_output=True,
+                             text=True, timeout=1800, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def print_mpi(rows, out=sys.stdout):
+    """The measured scaling, then the arithmetic for N machines on 10 and 100 Gbit/s links."""
+    w = wl.WORKLOADS[rows[0]["workload"]]
+    print(f"\nMPI data-parallel fit, {w.name} {'-'.join(map(str, w.sizes))}, global batch "
+          f"{w.batch}, {rows[0]['samples']} samples, float32, one machine", file=out)
+    print(f"  {'ranks':>5s} {'threads/rank':>12s} {'samples/s':>10s} {'step':>9s} "
+          f"{'allreduce/step':>14s} {'bytes/step':>12s}", file=out)
+    for r in rows:
+        print(f"  {r['ranks']:5d} {r['threads_per_rank']:12d} {r['samples_per_s']:10,.0f} "
+              f"{r['step_s'] * 1e3:7.1f}ms {r['allreduce_s_per_step'] * 1e3:12.2f}ms "
+              f"{r['bytes_per_step']:12,d}", file=out)
+    one = rows[0]
+    per_sample = one["step_s"] / w.batch  # one machine's compute time per sample
+    nbytes = one["bytes_per_step"]
+    print(f"\n  N machines, ring all-reduce of {nbytes / 2**20:.1f} MiB per step "
+          f"(2 (N-1)/N x bytes / bandwidth), compute {per_sample * 1e6:.0f} us per sample per "
+          f"machine (the 1-rank run):", file=out)
+    print(f"  {'link':>9s} {'N':>4s} {'comm/step':>10s} {'compute/step':>13s} {'comm share':>11s} "
+          f"{'batch for <10%':>15s}", file=out)
+    for gbit in (10, 100):
+        for n in (2, 4, 8, 16, 64):
+            comm_s = 2 * (n - 1) / n * nbytes / (gbit * 1e9 / 8)
+            compute_s = per_sample * w.batch / n
+            need = 9 * comm_s * n / per_sample  # compute >= 9 x comm
+            print(f"  {gbit:>4d} Gb/s {n:4d} {comm_s * 1e3:8.1f}ms {compute_s * 1e3:11.1f}ms "
+                  f"{100 * comm_s / (comm_s + compute_s):10.1f}% {need:15,.0f}", file=out)
+
+
 # ----------------------------------------------------------------- the table
 
 
@@ -317,8 +393,20 @@ def main(argv=None):
     p.add_argument("--threads", type=int, help="threads for every implementation (default: all)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--no-rss", action="store_true", help="skip the W3 peak-RSS child processes")
+    p.add_argument("--mpi", action="store_true",
+                   help="W3 data-parallel over MPI with 1 and 2 ranks, plus the N-machine arithmetic")
     p.add_argument("--rss-probe", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--mpi-worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.mpi_worker:
+        return _mpi_worker(args.mpi_worker, args.quick)
+    if args.mpi:
+        rows = mpi_scaling((args.workload or ["W3"])[0], args.quick)
+        print_mpi(rows)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(dict(mpi=rows), f, indent=1)
+        return None
     if args.rss_probe:
         name, impl, dt = args.rss_probe
         return _rss_probe(name, impl, np.dtype(dt), args.quick)

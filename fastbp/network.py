@@ -3,6 +3,7 @@ import io
 import json
 import os
 import tempfile
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -202,7 +203,7 @@ class Network:
     # ------------------------------------------------------------------ training
 
     def fit(self, X, y, epochs=10, lr=0.05, batch_size=None, momentum=0.0, nesterov=False,
-            weight_decay=0.0, shuffle=True, log_every=0):
+            weight_decay=0.0, shuffle=True, log_every=0, comm=None, sharded=False):
         """Train with minibatch SGD; returns a ``History``.
 
         X: (n_samples, sizes[0]) array-like. y: labels (n_samples,) for 'bce' and
@@ -210,57 +211,93 @@ class Network:
         batch_size None is full batch. shuffle draws a new order of the samples each epoch from
         the network's seeded generator. log_every=N prints the epoch's loss every N epochs.
 
+        comm: an mpi4py communicator for data-parallel training over MPI (see
+        ``fastbp.distributed``); every rank passes the same full data, or, with sharded=True, its
+        own shard. batch_size is then the global batch.
+
         Raises ValueError/TypeError on bad input, leaving the network untouched, and
         ``DivergenceError`` if the loss or a parameter becomes non-finite; the parameters are then
         those from before the failing epoch.
         """
-        X, Y, one_d = self._XY(X, y)
-        epochs = check.integer(epochs, "epochs", 1)
-        batch_size = check.integer(batch_size, "batch_size", 1, allow_none=True)
-        opt = SGD(lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
-        shuffle = check.boolean(shuffle, "shuffle")
-        log_every = check.integer(log_every, "log_every", 0)
-
-        n = X.shape[0]
-        batch = n if batch_size is None else min(batch_size, n)
-        opt.init_state(self.n_params, self.dtype)
-        ws = self._workspaces(batch)
-        grads = np.empty_like(self._params)
-        backup = np.empty(self.n_params + opt.velocity.size, self.dtype)
-        tgt_buf = np.empty(batch * Y.shape[1], self.dtype)
-        use_blas = self._use_blas(batch)
-        per_call = max(1, min(epochs, ORDER_BUDGET // n)) if shuffle else epochs
-        if log_every:
-            per_call = min(per_call, log_every)
-        self._targets_1d = one_d
-
+        kwargs = dict(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
+                      nesterov=nesterov, weight_decay=weight_decay, shuffle=shuffle,
+                      log_every=log_every)
+        if comm is not None:
+            from .distributed import fit_distributed
+            return fit_distributed(self, comm, check.boolean(sharded, "sharded"), X, y, **kwargs)
+        if sharded:
+            raise ValueError("sharded=True needs comm (an MPI communicator)")
+        plan = self._plan_fit(X, y, **kwargs)
+        n = plan.X.shape[0]
+        per_call = max(1, min(plan.epochs, ORDER_BUDGET // n)) if plan.shuffle else plan.epochs
         history = History()
         done = 0
-        with _threads.compute(use_blas.any()):
-            while done < epochs:
-                count = min(per_call, epochs - done)
-                if log_every:  # stop each call on a logging epoch
-                    count = min(count, log_every - done % log_every)
-                if shuffle:
-                    order = np.stack([self._shuffle_rng.permutation(n) for _ in range(count)])
-                else:
-                    order = np.arange(n)[None, :]
+        with _threads.compute(plan.use_blas.any()):
+            while done < plan.epochs:
+                count = min(per_call, plan.epochs - done)
+                if plan.log_every:  # stop each call on a logging epoch
+                    count = min(count, plan.log_every - done % plan.log_every)
+                order = self._orders(n, count) if plan.shuffle else np.arange(n)[None, :]
                 losses = np.empty(count)
                 completed = K.train_epochs(
-                    self._params, opt.velocity, grads, losses, X, Y, order, self._layout,
-                    self._acts, use_blas, self._loss.code, batch, *opt.hyper(self.dtype),
-                    ws["inp_buf"], tgt_buf, ws["act_buf"], ws["delta_buf"], ws["row_loss"], backup)
-                history.loss.extend(float(v) for v in losses[:completed])
-                for k in range(done + 1, done + completed + 1):
-                    if log_every and k % log_every == 0:
-                        print(f"epoch {k}  loss {history.loss[k - 1]:.4f}")
+                    self._params, plan.opt.velocity, plan.grads, losses, plan.X, plan.Y, order,
+                    self._layout, self._acts, plan.use_blas, self._loss.code, plan.batch,
+                    *plan.opt.hyper(self.dtype), *plan.workspaces, plan.backup)
+                self._record(history, losses[:completed], plan.log_every)
                 done += completed
                 if completed < count:
-                    raise DivergenceError(
-                        f"training diverged in epoch {done + 1} of {epochs}: the loss or a "
-                        f"parameter became NaN or infinite. The parameters are restored to their "
-                        f"values before that epoch; try a smaller lr (now {opt.lr:g}).", history)
+                    self._diverged(history, plan)
         return history
+
+    def _plan_fit(self, X, y, epochs, lr, batch_size, momentum, nesterov, weight_decay, shuffle,
+                  log_every, allocate=True):
+        """Validate the arguments and (when ``allocate``) the workspaces for one batch. Only once every check has passed does it touch the network
+        (it remembers whether the targets were 1-D, for ``predict``)."""
+        plan = SimpleNamespace()
+        plan.X, plan.Y, one_d = self._XY(X, y)
+        plan.epochs = check.integer(epochs, "epochs", 1)
+        batch_size = check.integer(batch_size, "batch_size", 1, allow_none=True)
+        plan.opt = SGD(lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+        plan.shuffle = check.boolean(shuffle, "shuffle")
+        plan.log_every = check.integer(log_every, "log_every", 0)
+        n = plan.X.shape[0]
+        plan.batch_size = batch_size
+        plan.batch = n if batch_size is None else min(batch_size, n)
+        plan.opt.init_state(self.n_params, self.dtype)
+        plan.grads = np.empty_like(self._params)
+        plan.backup = np.empty(self.n_params + plan.opt.velocity.size, self.dtype)
+        if allocate:
+            self._allocate(plan, plan.batch)
+        self._targets_1d = one_d
+        return plan
+
+    def _allocate(self, plan, rows):
+        """The per-batch workspaces of ``plan`` for batches of up to ``rows`` rows."""
+        ws = self._workspaces(rows)
+        plan.workspaces = (ws["inp_buf"], np.empty(rows * plan.Y.shape[1], self.dtype),
+                           ws["act_buf"], ws["delta_buf"], ws["row_loss"])
+        plan.use_blas = self._use_blas(rows)
+
+    def _orders(self, n, count):
+        """count fresh permutations of range(n) from the network's shuffling stream, (count, n)."""
+        return np.stack([self._shuffle_rng.permutation(n) for _ in range(count)])
+
+    @staticmethod
+    def _record(history, losses, log_every):
+        """Append the epochs' losses to history, printing every log_every-th epoch."""
+        for value in losses:
+            history.loss.append(float(value))
+            k = len(history.loss)
+            if log_every and k % log_every == 0:
+                print(f"epoch {k}  loss {value:.4f}")
+
+    @staticmethod
+    def _diverged(history, plan):
+        epoch = len(history.loss) + 1
+        raise DivergenceError(
+            f"training diverged in epoch {epoch} of {plan.epochs}: the loss or a parameter "
+            f"became NaN or infinite. The parameters are restored to their values before that "
+            f"epoch; try a smaller lr (now {plan.opt.lr:g}).", history)
 
     # ------------------------------------------------------------------ inference
 
