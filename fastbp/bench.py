@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -176,17 +175,31 @@ def peak_rss(name, impl, dtype, quick):
         return None
 
 
+def _status_mib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise OSError(f"no {field} in /proc/self/status")
+
+
 def _rss_probe(name, impl, dtype, quick):
+    # /proc/self/status, not getrusage: ru_maxrss survives fork and exec on Linux, so a child
+    # would report its parent's peak. VmHWM starts afresh with exec, and clear_refs resets it.
     if impl in ("fastbp", "torch", "sklearn"):
         __import__({"fastbp": "numba", "torch": "torch", "sklearn": "sklearn.neural_network"}[impl])
     samples, _, _ = plan(name, quick)
     X, y = wl.data(name, dtype, samples)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base = _status_mib("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak to the current RSS
+    except OSError:
+        pass
     trainer = TRAINERS[impl](wl.WORKLOADS[name], dtype, X, y)
     trainer.run(1)
     trainer.run(1)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps(dict(baseline_mib=base, peak_mib=peak)))
+    print(json.dumps(dict(baseline_mib=base, peak_mib=_status_mib("VmHWM"))))
 
 
 def environment():
@@ -341,15 +354,17 @@ def print_report(report, out=sys.stdout):
                   f"batch {w.batch}, {sel[0]['samples']} samples, {dt}, median of "
                   f"{sel[0]['repeats']} x {sel[0]['epochs_per_call']} epoch(s)", file=out)
             print(f"  {'impl':8s} {'per epoch':>11s} {'samples/s':>12s} {'GFLOP/s':>8s} "
-                  f"{'% matmul':>8s} {'vs numpy':>9s} {'peak RSS':>9s} {'1st call':>9s}", file=out)
+                  f"{'% matmul':>8s} {'vs numpy':>9s} {'RSS MiB':>10s} {'1st call':>9s}", file=out)
             for r in sel:
-                rss = f"{r['peak_rss_mib']:.0f} MiB" if r.get("peak_rss_mib") else "-"
+                rss = (f"{r['peak_rss_mib']:.0f}/+{r['peak_rss_mib'] - r['baseline_rss_mib']:.0f}"
+                       if r.get("peak_rss_mib") else "-")
                 print(f"  {r['impl']:8s} {_fmt_time(r['seconds_per_epoch']):>11s} "
                       f"{r['samples_per_s']:12,.0f} {r['gflops']:8.2f} {r['pct_matmul']:7.1f}% "
-                      f"{r['speedup_vs_numpy']:8.2f}x {rss:>9s} {r['first_call_s']:8.2f}s",
+                      f"{r['speedup_vs_numpy']:8.2f}x {rss:>10s} {r['first_call_s']:8.2f}s",
                       file=out)
     print("\nvs numpy: NumPy-reference time / this time (higher is faster). GFLOP/s: 6 x weights x "
-          "samples / time. 1st call: model build + warm-up epoch (fastbp: Numba compile or cache "
+          "samples / time. RSS MiB: peak / growth over the process after imports and data (W3, in a "
+          "fresh process). 1st call: model build + warm-up epoch (fastbp: Numba compile or cache "
           "load).", file=out)
 
 
