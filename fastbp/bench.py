@@ -427,6 +427,7 @@ def main(argv=None):
         return _rss_probe(name, impl, np.dtype(dt), args.quick)
     if args.threads:
         import numba
+        import scipy.linalg.cython_blas  # noqa: F401  load the BLAS Numba calls, so the limit reaches it
         from threadpoolctl import threadpool_limits
         numba.set_num_threads(args.threads)
         threadpool_limits(args.threads)

@@ -42,10 +42,7 @@ class Distributed:
     def __init__(self, comm):
         from mpi4py import MPI
         self.MPI, self.comm = MPI, comm
-        self.rank, self.size = comm.Get_rank(), comm.Get_size()
-        node = comm.Split_type(MPI.COMM_TYPE_SHARED)
-        self.ranks_on_node = node.Get_size()
-        node.Free()
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()  # local queries, no messages
         self.allreduce_seconds = 0.0
         self.allreduce_bytes = 0
         self.allreduce_calls = 0
@@ -76,8 +73,11 @@ class Distributed:
         self.allreduce_calls += 1
 
     def threads(self):
-        """Threads for this rank: the node's cores shared among its ranks."""
-        return max(1, min(numba.config.NUMBA_NUM_THREADS, (os.cpu_count() or 1) // self.ranks_on_node))
+        """Threads for this rank: the node's cores shared among its ranks (a collective call)."""
+        node = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
+        ranks_on_node = node.Get_size()
+        node.Free()
+        return max(1, min(numba.config.NUMBA_NUM_THREADS, (os.cpu_count() or 1) // ranks_on_node))
 
     @contextmanager
     def abort_on_error(self):
