@@ -606,6 +606,146 @@ def train_epochs(params, velocity, grads, epoch_loss, X, Y, order, layout, acts,
     return E
 
 
+@njit(cache=True, inline="always")
+def _activate(z, act):
+    """act(z) for one element (the scalar twin of _activation_forward_row)."""
+    if act == ACT_SIGMOID:
+        return _sigmoid(z)
+    if act == ACT_RELU:
+        return z if not z < 0 else 0 * z
+    if act == ACT_TANH:
+        return np.tanh(z)
+    if act == ACT_LEAKY_RELU:
+        return z if not z < 0 else z * LEAKY_SLOPE
+    return z
+
+
+@njit(cache=True, inline="always")
+def _activation_grad(a, act):
+    """d act / dz from the output a for one element (as in _activation_backward_row)."""
+    if act == ACT_SIGMOID:
+        return a * (1 - a)
+    if act == ACT_RELU:
+        return 1 if a > 0 else 0
+    if act == ACT_TANH:
+        return 1 - a * a
+    if act == ACT_LEAKY_RELU:
+        return 1 if a > 0 else LEAKY_SLOPE
+    return 1
+
+
+@njit(cache=True)
+def train_epochs_small(params, velocity, grads, epoch_loss, X, Y, order, layout, acts, use_blas,
+                       loss, batch_size, lr, momentum, nesterov, weight_decay,
+                       inp_buf, tgt_buf, act_buf, delta_buf, row_loss, backup):
+    """``train_epochs`` for networks too small for BLAS (XOR-sized): the same maths and the same
+    arguments, but each batch runs row by row in one function over the flat buffers, with no
+    per-layer kernel calls or array views. At 2-4-1 those calls cost more than the arithmetic:
+    1.9 us per epoch through the per-layer kernels against 0.4 us for one fused loop (measured).
+
+    Serial: such networks are far below PARALLEL_MIN_WORK. Gradients are summed over the batch's
+    rows in order, as the per-layer kernels do. act_buf holds one row's layer outputs back to
+    back; delta_buf one row's deltas, two slots of the widest layer used in turn.
+    """
+    N = X.shape[0]
+    P = params.shape[0]
+    E = epoch_loss.shape[0]
+    L = layout.shape[0]
+    OCL = layout[L - 1, LAY_OC]
+    half = delta_buf.shape[0] // 2
+    for e in range(E):
+        backup[:P] = params
+        if momentum != 0:
+            backup[P:] = velocity
+        index = order[e % order.shape[0]]
+        total = 0.0
+        ok = True
+        for start in range(0, N, batch_size):
+            B = min(batch_size, N - start)
+            for i in range(P):
+                grads[i] = 0
+            batch_loss = 0.0
+            for bb in range(B):
+                r = index[start + bb]
+                # forward, one row: act_buf[a0 : a0 + OC] = act(in @ W + b) per layer
+                a0 = 0
+                for l in range(L):
+                    C = layout[l, LAY_C]
+                    OC = layout[l, LAY_OC]
+                    w0 = layout[l, LAY_W]
+                    b0 = layout[l, LAY_B]
+                    for o in range(OC):
+                        z = params[b0 + o]
+                        for c in range(C):
+                            x = X[r, c] if l == 0 else act_buf[a0 - C + c]
+                            z += x * params[w0 + c * OC + o]
+                        act_buf[a0 + o] = _activate(z, acts[l]) if l < L - 1 else z
+                    a0 += OC
+                # loss and dL/dlogits of this row (as _loss_row and _loss_backward_row)
+                z0 = a0 - OCL
+                d0 = ((L - 1) % 2) * half
+                if loss == LOSS_BCE:
+                    for o in range(OCL):
+                        z = act_buf[z0 + o]
+                        t = Y[r, o]
+                        batch_loss += max(z, 0) - z * t + np.log1p(np.exp(-abs(z)))
+                        delta_buf[d0 + o] = (_sigmoid(z) - t) / (B * OCL)
+                elif loss == LOSS_CE:
+                    m = act_buf[z0]
+                    for o in range(1, OCL):
+                        m = max(m, act_buf[z0 + o])
+                    se = np.float64(0)
+                    for o in range(OCL):
+                        se += np.exp(act_buf[z0 + o] - m)
+                    label = int(Y[r, 0])
+                    batch_loss += m + np.log(se) - act_buf[z0 + label]
+                    for o in range(OCL):
+                        p = np.exp(act_buf[z0 + o] - m) / se
+                        if o == label:
+                            p -= 1
+                        delta_buf[d0 + o] = p / B
+                else:
+                    for o in range(OCL):
+                        d = act_buf[z0 + o] - Y[r, o]
+                        batch_loss += d * d
+                        delta_buf[d0 + o] = d * (2.0 / (B * OCL))
+                # backward, one row: accumulate dW, db; delta of the layer below
+                for l in range(L - 1, -1, -1):
+                    C = layout[l, LAY_C]
+                    OC = layout[l, LAY_OC]
+                    w0 = layout[l, LAY_W]
+                    b0 = layout[l, LAY_B]
+                    a0 -= OC  # a0 is now where this layer's input row ends
+                    cur = (l % 2) * half
+                    nxt = ((l + 1) % 2) * half
+                    for c in range(C):
+                        x = X[r, c] if l == 0 else act_buf[a0 - C + c]
+                        s = x * 0  # in the data's dtype: no float32/float64 round trips
+                        for o in range(OC):
+                            d = delta_buf[cur + o]
+                            grads[w0 + c * OC + o] += x * d
+                            s += d * params[w0 + c * OC + o]
+                        if l > 0:
+                            delta_buf[nxt + c] = s * _activation_grad(x, acts[l - 1])
+                    for o in range(OC):
+                        grads[b0 + o] += delta_buf[cur + o]
+            value = batch_loss / (B if loss == LOSS_CE else B * OCL)
+            if not np.isfinite(value):
+                ok = False
+                break
+            total += value * B
+            sgd_update(params, velocity, grads, lr, momentum, nesterov, weight_decay)
+        if ok:
+            ok = all_finite(params)
+        if not ok:
+            params[:] = backup[:P]
+            if momentum != 0:
+                velocity[:] = backup[P:]
+            return e
+        epoch_loss[e] = total / N
+    return E
+
+
 @njit(cache=True)
 def evaluate(out, row_loss, params, X, Y, layout, acts, use_blas, loss, inp_buf, act_buf, with_loss):
     """Forward X (N, C_0) in chunks of row_loss.shape[0] rows.

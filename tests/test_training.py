@@ -138,11 +138,12 @@ _FIT_SCRIPT = textwrap.dedent("""
     X = rng.standard_normal((300, 64))
     y = rng.integers(0, 10, 300)
     out = {}
-    # [64, 96, 80, 10] at batch 64 sends the hidden layers through BLAS; [64, 16, 10] does not.
-    for name, sizes in (("blas", [64, 96, 80, 10]), ("loops", [64, 16, 10])):
+    # At batch 64, [64, 96, 80, 10] sends every layer through BLAS (with the per-layer kernels);
+    # [2, 4, 10] is small enough for the fused loop (train_epochs_small).
+    for name, sizes in (("blas", [64, 96, 80, 10]), ("small", [2, 4, 10])):
         for dt in (np.float32, np.float64):
             net = fastbp.Network(sizes, activation="relu", loss="cross_entropy", seed=1, dtype=dt)
-            h = net.fit(X, y, epochs=3, lr=0.05, batch_size=64, momentum=0.9)
+            h = net.fit(X[:, :sizes[0]], y, epochs=3, lr=0.05, batch_size=64, momentum=0.9)
             out[f"{name}_{np.dtype(dt).name}"] = np.concatenate(
                 [net._params.astype(np.float64), h.loss])
     out["threads"] = np.array([numba.get_num_threads()])
@@ -264,3 +265,29 @@ def test_digits_reach_95_percent(seed):
                          dtype=np.float32)
     net.fit(Xtr, ytr, epochs=40, lr=0.1, batch_size=32, shuffle=True)
     assert np.mean(net.predict(Xte) == yte) >= 0.95
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("loss,act", [("cross_entropy", "relu"), ("mse", "tanh"),
+                                      ("bce", "sigmoid"), ("mse", "leaky_relu")])
+def test_fused_small_loop_matches_the_per_layer_kernels(loss, act, dtype):
+    """train_epochs_small (networks too small for BLAS) and train_epochs (per-layer kernels)
+    are two routes through the same maths: same weights and losses from the same start."""
+    from fastbp import _kernels as K
+    sizes = [3, 5, 4, out_width(loss)]
+    X, y = make_data(loss, 11, sizes[0], sizes[-1], seed=4)
+    results = []
+    for train in (K.train_epochs, K.train_epochs_small):
+        net = fastbp.Network(sizes, activation=act, loss=loss, seed=6, dtype=dtype)
+        plan = net._plan_fit(X, y, epochs=3, lr=0.1, batch_size=4, momentum=0.9, nesterov=True,
+                             weight_decay=0.01, shuffle=True, log_every=0)
+        assert not plan.use_blas.any()
+        losses = np.empty(3)
+        done = train(net._params, plan.opt.velocity, plan.grads, losses, plan.X, plan.Y,
+                     net._orders(11, 3), net._layout, net._acts, plan.use_blas, net._loss.code,
+                     plan.batch, *plan.opt.hyper(net.dtype), *plan.workspaces, plan.backup)
+        assert done == 3
+        results.append((net._params.copy(), losses))
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert rel_err(results[1][0], results[0][0]) < tol
+    assert rel_err(results[1][1], results[0][1]) < tol
