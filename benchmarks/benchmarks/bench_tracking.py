@@ -1,22 +1,12 @@
 """Tracked values robust to machine noise: the fastbp/NumPy speedup measured side by side in one
 process, and the final training loss of both (a faster kernel that computes something else shows
 as a changed loss)."""
-import statistics
-import time
+from fastbp.bench import median_time
 
 from .common import IMPLS, Trainer, final_loss
 
 # (samples, epochs per timed call, repeats) per workload: seconds, not minutes, for both.
 PLAN = {"W1": (None, 200, 5), "W2": (6400, 1, 5), "W3": (4096, 1, 3)}
-
-
-def _median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 class Speedup:
@@ -32,7 +22,7 @@ class Speedup:
             t.fit(epochs=1)
 
     def track_speedup(self, workload):
-        times = {impl: _median_time(lambda: t.fit(epochs=self.epochs), self.repeats)
+        times = {impl: median_time(lambda: t.fit(epochs=self.epochs), self.repeats)[0]
                  for impl, t in self.trainers.items()}
         return times["numpy"] / times["fastbp"]
 
