@@ -538,14 +538,9 @@ def all_finite(x):
 
 
 @njit(cache=True)
-def batch_gradients(grads, params, X, Y, index, start, stop, layout, acts, use_blas, loss,
-                    inp_buf, tgt_buf, act_buf, delta_buf, row_loss):
-    """grads (P,) = the gradient of the mean loss over the rows index[start:stop] of X (N, C_0),
-    Y (N, T); returns that mean loss. A non-finite loss returns at once, grads unwritten.
-
-    The batch is gathered into inp_buf / tgt_buf; act_buf, delta_buf and row_loss are workspaces
-    for at least stop - start rows.
-    """
+def _batch_gradients_layers(grads, params, X, Y, index, start, stop, layout, acts, use_blas, loss,
+                            inp_buf, tgt_buf, act_buf, delta_buf, row_loss):
+    """``batch_gradients`` through the per-layer kernels (gather, forward, fused loss, backward)."""
     B = stop - start
     C0 = X.shape[1]
     T = Y.shape[1]
@@ -559,51 +554,6 @@ def batch_gradients(grads, params, X, Y, index, start, stop, layout, acts, use_b
         loss_backward(logits, logits, tgt, loss)
         network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, use_blas)
     return value
-
-
-@njit(cache=True)
-def train_epochs(params, velocity, grads, epoch_loss, X, Y, order, layout, acts, use_blas, loss,
-                 batch_size, lr, momentum, nesterov, weight_decay,
-                 inp_buf, tgt_buf, act_buf, delta_buf, row_loss, backup):
-    """Minibatch SGD for E = epoch_loss.shape[0] epochs, all inside compiled code.
-
-    X (N, C_0), Y (N, T); order (E or 1, N) holds each epoch's sample order (one row reused when
-    there is no shuffling). params, velocity, grads (P,) are updated in place; epoch_loss (E,) gets
-    the sample-weighted mean of the batch losses of each epoch. Workspaces: as for
-    ``batch_gradients`` with batch_size rows, and backup (P + velocity size,).
-
-    Returns the number of epochs completed. Fewer than E means the loss or a parameter went
-    non-finite in the next epoch; params and velocity are then restored to their values at that
-    epoch's start.
-    """
-    N = X.shape[0]
-    P = params.shape[0]
-    E = epoch_loss.shape[0]
-    for e in range(E):
-        backup[:P] = params
-        if momentum != 0:
-            backup[P:] = velocity
-        index = order[e % order.shape[0]]
-        total = 0.0
-        ok = True
-        for start in range(0, N, batch_size):
-            stop = min(N, start + batch_size)
-            value = batch_gradients(grads, params, X, Y, index, start, stop, layout, acts,
-                                    use_blas, loss, inp_buf, tgt_buf, act_buf, delta_buf, row_loss)
-            if not np.isfinite(value):
-                ok = False
-                break
-            total += value * (stop - start)
-            sgd_update(params, velocity, grads, lr, momentum, nesterov, weight_decay)
-        if ok:
-            ok = all_finite(params)
-        if not ok:
-            params[:] = backup[:P]
-            if momentum != 0:
-                velocity[:] = backup[P:]
-            return e
-        epoch_loss[e] = total / N
-    return E
 
 
 @njit(cache=True, inline="always")
@@ -634,25 +584,130 @@ def _activation_grad(a, act):
     return 1
 
 
-@njit(cache=True)
-def train_epochs_small(params, velocity, grads, epoch_loss, X, Y, order, layout, acts, use_blas,
-                       loss, batch_size, lr, momentum, nesterov, weight_decay,
-                       inp_buf, tgt_buf, act_buf, delta_buf, row_loss, backup):
-    """``train_epochs`` for networks too small for BLAS (XOR-sized): the same maths and the same
-    arguments, but each batch runs row by row in one function over the flat buffers, with no
-    per-layer kernel calls or array views. At 2-4-1 those calls cost more than the arithmetic:
-    1.9 us per epoch through the per-layer kernels against 0.4 us for one fused loop (measured).
+@njit(cache=True, inline="always")
+def _batch_gradients_fused(grads, params, X, Y, index, start, stop, layout, acts, loss,
+                           act_buf, delta_buf):
+    """``batch_gradients`` for networks too small for BLAS (XOR-sized): the same maths, row by
+    row in one function over the flat buffers, with no per-layer kernel calls or array views.
+    At 2-4-1 those calls cost more than the arithmetic: 1.9 us per epoch through the per-layer
+    kernels against 0.6 us this way (measured).
 
     Serial: such networks are far below PARALLEL_MIN_WORK. Gradients are summed over the batch's
     rows in order, as the per-layer kernels do. act_buf holds one row's layer outputs back to
     back; delta_buf one row's deltas, two slots of the widest layer used in turn.
     """
-    N = X.shape[0]
+    B = stop - start
     P = params.shape[0]
-    E = epoch_loss.shape[0]
     L = layout.shape[0]
     OCL = layout[L - 1, LAY_OC]
     half = delta_buf.shape[0] // 2
+    for i in range(P):
+        grads[i] = 0
+    batch_loss = 0.0
+    for bb in range(B):
+        r = index[start + bb]
+        # forward, one row: act_buf[a0 : a0 + OC] = act(in @ W + b) per layer
+        a0 = 0
+        for l in range(L):
+            C = layout[l, LAY_C]
+            OC = layout[l, LAY_OC]
+            w0 = layout[l, LAY_W]
+            b0 = layout[l, LAY_B]
+            for o in range(OC):
+                z = params[b0 + o]
+                for c in range(C):
+                    x = X[r, c] if l == 0 else act_buf[a0 - C + c]
+                    z += x * params[w0 + c * OC + o]
+                act_buf[a0 + o] = _activate(z, acts[l]) if l < L - 1 else z
+            a0 += OC
+        # loss and dL/dlogits of this row (as _loss_row and _loss_backward_row)
+        z0 = a0 - OCL
+        d0 = ((L - 1) % 2) * half
+        if loss == LOSS_BCE:
+            for o in range(OCL):
+                z = act_buf[z0 + o]
+                t = Y[r, o]
+                batch_loss += max(z, 0) - z * t + np.log1p(np.exp(-abs(z)))
+                delta_buf[d0 + o] = (_sigmoid(z) - t) / (B * OCL)
+        elif loss == LOSS_CE:
+            m = act_buf[z0]
+            for o in range(1, OCL):
+                m = max(m, act_buf[z0 + o])
+            se = np.float64(0)
+            for o in range(OCL):
+                se += np.exp(act_buf[z0 + o] - m)
+            label = int(Y[r, 0])
+            batch_loss += m + np.log(se) - act_buf[z0 + label]
+            for o in range(OCL):
+                p = np.exp(act_buf[z0 + o] - m) / se
+                if o == label:
+                    p -= 1
+                delta_buf[d0 + o] = p / B
+        else:
+            for o in range(OCL):
+                d = act_buf[z0 + o] - Y[r, o]
+                batch_loss += d * d
+                delta_buf[d0 + o] = d * (2.0 / (B * OCL))
+        # backward, one row: accumulate dW, db; delta of the layer below
+        for l in range(L - 1, -1, -1):
+            C = layout[l, LAY_C]
+            OC = layout[l, LAY_OC]
+            w0 = layout[l, LAY_W]
+            b0 = layout[l, LAY_B]
+            a0 -= OC  # a0 is now where this layer's input row ends
+            cur = (l % 2) * half
+            nxt = ((l + 1) % 2) * half
+            for c in range(C):
+                x = X[r, c] if l == 0 else act_buf[a0 - C + c]
+                s = x * 0  # in the data's dtype: no float32/float64 round trips
+                for o in range(OC):
+                    d = delta_buf[cur + o]
+                    grads[w0 + c * OC + o] += x * d
+                    s += d * params[w0 + c * OC + o]
+                if l > 0:
+                    delta_buf[nxt + c] = s * _activation_grad(x, acts[l - 1])
+            for o in range(OC):
+                grads[b0 + o] += delta_buf[cur + o]
+    return batch_loss / (B if loss == LOSS_CE else B * OCL)
+
+
+@njit(cache=True)
+def batch_gradients(grads, params, X, Y, index, start, stop, layout, acts, use_blas, loss,
+                    inp_buf, tgt_buf, act_buf, delta_buf, row_loss):
+    """grads (P,) = the gradient of the mean loss over the rows index[start:stop] of X (N, C_0),
+    Y (N, T); returns that mean loss. After a non-finite loss grads are not to be used.
+
+    Networks with a layer large enough for BLAS go through the per-layer kernels (the batch
+    gathered into inp_buf / tgt_buf; act_buf, delta_buf and row_loss workspaces for at least
+    stop - start rows); networks too small for BLAS through one fused loop.
+    """
+    if use_blas.any():
+        return _batch_gradients_layers(grads, params, X, Y, index, start, stop, layout, acts,
+                                       use_blas, loss, inp_buf, tgt_buf, act_buf, delta_buf,
+                                       row_loss)
+    return _batch_gradients_fused(grads, params, X, Y, index, start, stop, layout, acts, loss,
+                                  act_buf, delta_buf)
+
+
+@njit(cache=True)
+def train_epochs(params, velocity, grads, epoch_loss, X, Y, order, layout, acts, use_blas, loss,
+                 batch_size, lr, momentum, nesterov, weight_decay,
+                 inp_buf, tgt_buf, act_buf, delta_buf, row_loss, backup):
+    """Minibatch SGD for E = epoch_loss.shape[0] epochs, all inside compiled code.
+
+    X (N, C_0), Y (N, T); order (E or 1, N) holds each epoch's sample order (one row reused when
+    there is no shuffling). params, velocity, grads (P,) are updated in place; epoch_loss (E,) gets
+    the sample-weighted mean of the batch losses of each epoch. Workspaces: as for
+    ``batch_gradients`` with batch_size rows, and backup (P + velocity size,).
+
+    Returns the number of epochs completed. Fewer than E means the loss or a parameter went
+    non-finite in the next epoch; params and velocity are then restored to their values at that
+    epoch's start.
+    """
+    N = X.shape[0]
+    P = params.shape[0]
+    E = epoch_loss.shape[0]
+    fused = not use_blas.any()  # the same choice as batch_gradients
     for e in range(E):
         backup[:P] = params
         if momentum != 0:
@@ -661,79 +716,18 @@ def train_epochs_small(params, velocity, grads, epoch_loss, X, Y, order, layout,
         total = 0.0
         ok = True
         for start in range(0, N, batch_size):
-            B = min(batch_size, N - start)
-            for i in range(P):
-                grads[i] = 0
-            batch_loss = 0.0
-            for bb in range(B):
-                r = index[start + bb]
-                # forward, one row: act_buf[a0 : a0 + OC] = act(in @ W + b) per layer
-                a0 = 0
-                for l in range(L):
-                    C = layout[l, LAY_C]
-                    OC = layout[l, LAY_OC]
-                    w0 = layout[l, LAY_W]
-                    b0 = layout[l, LAY_B]
-                    for o in range(OC):
-                        z = params[b0 + o]
-                        for c in range(C):
-                            x = X[r, c] if l == 0 else act_buf[a0 - C + c]
-                            z += x * params[w0 + c * OC + o]
-                        act_buf[a0 + o] = _activate(z, acts[l]) if l < L - 1 else z
-                    a0 += OC
-                # loss and dL/dlogits of this row (as _loss_row and _loss_backward_row)
-                z0 = a0 - OCL
-                d0 = ((L - 1) % 2) * half
-                if loss == LOSS_BCE:
-                    for o in range(OCL):
-                        z = act_buf[z0 + o]
-                        t = Y[r, o]
-                        batch_loss += max(z, 0) - z * t + np.log1p(np.exp(-abs(z)))
-                        delta_buf[d0 + o] = (_sigmoid(z) - t) / (B * OCL)
-                elif loss == LOSS_CE:
-                    m = act_buf[z0]
-                    for o in range(1, OCL):
-                        m = max(m, act_buf[z0 + o])
-                    se = np.float64(0)
-                    for o in range(OCL):
-                        se += np.exp(act_buf[z0 + o] - m)
-                    label = int(Y[r, 0])
-                    batch_loss += m + np.log(se) - act_buf[z0 + label]
-                    for o in range(OCL):
-                        p = np.exp(act_buf[z0 + o] - m) / se
-                        if o == label:
-                            p -= 1
-                        delta_buf[d0 + o] = p / B
-                else:
-                    for o in range(OCL):
-                        d = act_buf[z0 + o] - Y[r, o]
-                        batch_loss += d * d
-                        delta_buf[d0 + o] = d * (2.0 / (B * OCL))
-                # backward, one row: accumulate dW, db; delta of the layer below
-                for l in range(L - 1, -1, -1):
-                    C = layout[l, LAY_C]
-                    OC = layout[l, LAY_OC]
-                    w0 = layout[l, LAY_W]
-                    b0 = layout[l, LAY_B]
-                    a0 -= OC  # a0 is now where this layer's input row ends
-                    cur = (l % 2) * half
-                    nxt = ((l + 1) % 2) * half
-                    for c in range(C):
-                        x = X[r, c] if l == 0 else act_buf[a0 - C + c]
-                        s = x * 0  # in the data's dtype: no float32/float64 round trips
-                        for o in range(OC):
-                            d = delta_buf[cur + o]
-                            grads[w0 + c * OC + o] += x * d
-                            s += d * params[w0 + c * OC + o]
-                        if l > 0:
-                            delta_buf[nxt + c] = s * _activation_grad(x, acts[l - 1])
-                    for o in range(OC):
-                        grads[b0 + o] += delta_buf[cur + o]
-            value = batch_loss / (B if loss == LOSS_CE else B * OCL)
+            stop = min(N, start + batch_size)
+            if fused:  # decided once per call: at XOR size even this dispatch shows
+                value = _batch_gradients_fused(grads, params, X, Y, index, start, stop, layout,
+                                               acts, loss, act_buf, delta_buf)
+            else:
+                value = _batch_gradients_layers(grads, params, X, Y, index, start, stop, layout,
+                                                acts, use_blas, loss, inp_buf, tgt_buf, act_buf,
+                                                delta_buf, row_loss)
             if not np.isfinite(value):
                 ok = False
                 break
-            total += value * B
+            total += value * (stop - start)
             sgd_update(params, velocity, grads, lr, momentum, nesterov, weight_decay)
         if ok:
             ok = all_finite(params)

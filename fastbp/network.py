@@ -192,7 +192,7 @@ class Network:
 
     def _workspaces(self, rows):
         widths = self.sizes[1:]
-        widest = max(self.sizes[1:])  # a delta slot holds any layer's output (train_epochs_small)
+        widest = max(self.sizes[1:])  # a delta slot holds any layer's output (_batch_gradients_fused)
         return dict(
             inp_buf=np.empty(rows * self.sizes[0], self.dtype),
             act_buf=np.empty(rows * sum(widths), self.dtype),
@@ -239,9 +239,7 @@ class Network:
                     count = min(count, plan.log_every - done % plan.log_every)
                 order = self._orders(n, count) if plan.shuffle else np.arange(n)[None, :]
                 losses = np.empty(count)
-                # Networks too small for BLAS train in one fused loop (see train_epochs_small).
-                train = K.train_epochs if plan.use_blas.any() else K.train_epochs_small
-                completed = train(
+                completed = K.train_epochs(
                     self._params, plan.opt.velocity, plan.grads, losses, plan.X, plan.Y, order,
                     self._layout, self._acts, plan.use_blas, self._loss.code, plan.batch,
                     *plan.opt.hyper(self.dtype), *plan.workspaces, plan.backup)

@@ -139,7 +139,7 @@ _FIT_SCRIPT = textwrap.dedent("""
     y = rng.integers(0, 10, 300)
     out = {}
     # At batch 64, [64, 96, 80, 10] sends every layer through BLAS (with the per-layer kernels);
-    # [2, 4, 10] is small enough for the fused loop (train_epochs_small).
+    # [2, 4, 10] is small enough for the fused loop (_batch_gradients_fused).
     for name, sizes in (("blas", [64, 96, 80, 10]), ("small", [2, 4, 10])):
         for dt in (np.float32, np.float64):
             net = fastbp.Network(sizes, activation="relu", loss="cross_entropy", seed=1, dtype=dt)
@@ -271,23 +271,24 @@ def test_digits_reach_95_percent(seed):
 @pytest.mark.parametrize("loss,act", [("cross_entropy", "relu"), ("mse", "tanh"),
                                       ("bce", "sigmoid"), ("mse", "leaky_relu")])
 def test_fused_small_loop_matches_the_per_layer_kernels(loss, act, dtype):
-    """train_epochs_small (networks too small for BLAS) and train_epochs (per-layer kernels)
-    are two routes through the same maths: same weights and losses from the same start."""
+    """Networks too small for BLAS take the fused loop, larger ones the per-layer kernels: two
+    routes through the same maths, same loss and gradients for the same shuffled batch."""
     from fastbp import _kernels as K
     sizes = [3, 5, 4, out_width(loss)]
     X, y = make_data(loss, 11, sizes[0], sizes[-1], seed=4)
-    results = []
-    for train in (K.train_epochs, K.train_epochs_small):
-        net = fastbp.Network(sizes, activation=act, loss=loss, seed=6, dtype=dtype)
-        plan = net._plan_fit(X, y, epochs=3, lr=0.1, batch_size=4, momentum=0.9, nesterov=True,
-                             weight_decay=0.01, shuffle=True, log_every=0)
-        assert not plan.use_blas.any()
-        losses = np.empty(3)
-        done = train(net._params, plan.opt.velocity, plan.grads, losses, plan.X, plan.Y,
-                     net._orders(11, 3), net._layout, net._acts, plan.use_blas, net._loss.code,
-                     plan.batch, *plan.opt.hyper(net.dtype), *plan.workspaces, plan.backup)
-        assert done == 3
-        results.append((net._params.copy(), losses))
-    tol = 1e-12 if dtype == np.float64 else 1e-5
-    assert rel_err(results[1][0], results[0][0]) < tol
-    assert rel_err(results[1][1], results[0][1]) < tol
+    net = fastbp.Network(sizes, activation=act, loss=loss, seed=6, dtype=dtype)
+    plan = net._plan_fit(X, y, epochs=1, lr=0.1, batch_size=4, momentum=0.0, nesterov=False,
+                         weight_decay=0.0, shuffle=True, log_every=0)
+    assert not plan.use_blas.any()
+    index = net._orders(11, 1)[0]
+    fused, layers = np.empty_like(net._params), np.empty_like(net._params)
+    for start, stop in ((0, 4), (4, 8), (8, 11)):
+        v_fused = K.batch_gradients(fused, net._params, plan.X, plan.Y, index, start, stop,
+                                    net._layout, net._acts, plan.use_blas, net._loss.code,
+                                    *plan.workspaces)
+        v_layers = K._batch_gradients_layers(layers, net._params, plan.X, plan.Y, index, start,
+                                             stop, net._layout, net._acts, plan.use_blas,
+                                             net._loss.code, *plan.workspaces)
+        tol = 1e-12 if dtype == np.float64 else 1e-5
+        assert rel_err(v_fused, v_layers) < tol
+        assert rel_err(fused, layers) < tol
