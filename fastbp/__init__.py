@@ -1,5 +1,8 @@
 """fastbp: dense neural networks trained by backpropagation in compiled (Numba) kernels."""
+from . import optim, schedules
 from .network import DivergenceError, History, Network
+from .optim import SGD, Adam, AdamW
 
-__version__ = "0.1.0"
-__all__ = ["Network", "History", "DivergenceError", "__version__"]
+__version__ = "0.2.0"
+__all__ = ["Network", "History", "DivergenceError", "SGD", "Adam", "AdamW", "optim", "schedules",
+           "__version__"]

@@ -39,6 +39,18 @@ LOSS_MSE = 2  # identity output, mse_loss
 # Columns of the ``layout`` array: one row per dense layer.
 LAY_C, LAY_OC, LAY_W, LAY_B = 0, 1, 2, 3
 
+# Optimiser codes and the columns of the ``hyper`` array (optim.py builds both).
+OPT_SGD = 0
+OPT_ADAM = 1
+OPT_ADAMW = 2
+H_MOMENTUM = H_BETA1 = 0
+H_BETA2 = 1
+H_EPS = 2
+H_WEIGHT_DECAY = 3
+H_NESTEROV = 4
+H_EPS_INSIDE = 5  # Adam: 1 adds eps before the bias correction of sqrt(v), as scikit-learn
+N_HYPER = 6
+
 BIAS_BLOCK = 64  # output features per dbias task: one writer per element, rows summed in order
 UPDATE_CHUNK = 4096  # parameters per optimiser task
 PARALLEL_MIN_WORK = 1 << 15  # element operations below which a loop stays on the calling thread
@@ -440,6 +452,96 @@ def sgd_update(params, velocity, grads, lr, momentum, nesterov, weight_decay):
             _sgd_chunk(params, velocity, grads, lr, momentum, nesterov, weight_decay, k)
 
 
+@njit(cache=True)
+def _adam_chunk(params, m, v, grads, c, beta1, beta2, weight_decay, decoupled, k):
+    """Elements [k * UPDATE_CHUNK, (k + 1) * UPDATE_CHUNK) of the Adam/AdamW update; c holds
+    (lr, lr / (1 - beta1^t), sqrt(1 - beta2^t), eps inside, eps outside) in the parameters'
+    dtype. Views from index 0, as in _sgd_chunk, so the loop vectorises."""
+    i0 = k * UPDATE_CHUNK
+    i1 = min(params.shape[0], i0 + UPDATE_CHUNK)
+    p = params[i0:i1]
+    g = grads[i0:i1]
+    mk = m[i0:i1]
+    vk = v[i0:i1]
+    lr = c[0]
+    step_size = c[1]
+    bc2_sqrt = c[2]
+    eps_in = c[3]
+    eps_out = c[4]
+    for i in range(i1 - i0):
+        gi = g[i]
+        if decoupled:
+            p[i] *= 1 - lr * weight_decay
+        elif weight_decay != 0:
+            gi = gi + weight_decay * p[i]
+        mi = mk[i] + (gi - mk[i]) * (1 - beta1)  # torch's lerp_(grad, 1 - beta1)
+        vi = vk[i] * beta2 + (1 - beta2) * gi * gi
+        mk[i] = mi
+        vk[i] = vi
+        p[i] -= step_size * (mi / ((np.sqrt(vi) + eps_in) / bc2_sqrt + eps_out))
+
+
+@njit(parallel=True, cache=True)
+def adam_update(params, m, v, grads, c, beta1, beta2, weight_decay, decoupled):
+    """One ``torch.optim.Adam`` (decoupled=False) or ``torch.optim.AdamW`` (decoupled=True) step
+    over the flat buffers params, m, v, grads (P,), in place; c as for _adam_chunk.
+
+    Adam: g = grad + weight_decay * p. AdamW: p *= 1 - lr * weight_decay. Then
+    m = beta1 m + (1 - beta1) g; v = beta2 v + (1 - beta2) g^2;
+    p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps) (torch: eps outside), or
+    p -= lr / (1 - beta1^t) * m / ((sqrt(v) + eps) / sqrt(1 - beta2^t)) (scikit-learn: inside).
+    """
+    P = params.shape[0]
+    chunks = (P + UPDATE_CHUNK - 1) // UPDATE_CHUNK
+    if _parallel(P):
+        for k in prange(chunks):
+            _adam_chunk(params, m, v, grads, c, beta1, beta2, weight_decay, decoupled,
+                        np.int64(k))
+    else:
+        for k in range(chunks):
+            _adam_chunk(params, m, v, grads, c, beta1, beta2, weight_decay, decoupled, k)
+
+
+@njit(cache=True)
+def optimizer_update(params, state, grads, opt, lr, hyper, t):
+    """Step t (1, 2, ...) of optimiser ``opt`` over params (P,) from grads (P,), in place.
+
+    state: SGD's velocity (P,), or (0,) without momentum; Adam's and AdamW's m then v (2P,).
+    hyper (in the parameters' dtype): H_MOMENTUM or H_BETA1, H_BETA2, H_EPS, H_WEIGHT_DECAY,
+    H_NESTEROV (1 or 0), H_EPS_INSIDE (1 or 0). lr is a scalar of the parameters' dtype.
+    """
+    P = params.shape[0]
+    if opt == OPT_SGD:
+        sgd_update(params, state, grads, lr, hyper[H_MOMENTUM], hyper[H_NESTEROV] != 0,
+                   hyper[H_WEIGHT_DECAY])
+        return
+    c = np.zeros(5, params.dtype)  # torch computes these in double, then uses them per element
+    beta1 = np.float64(hyper[H_BETA1])
+    beta2 = np.float64(hyper[H_BETA2])
+    c[0] = lr
+    c[1] = np.float64(lr) / (1 - beta1 ** t)
+    c[2] = np.sqrt(1 - beta2 ** t)
+    c[4 if hyper[H_EPS_INSIDE] == 0 else 3] = hyper[H_EPS]
+    adam_update(params, state[:P], state[P:], grads, c, hyper[H_BETA1], hyper[H_BETA2],
+                hyper[H_WEIGHT_DECAY], opt == OPT_ADAMW)
+
+
+@njit(cache=True)
+def l2_penalty(grads, params, layout, coef):
+    """sklearn's ``alpha``: adds coef * W to the weight gradients (biases are not penalised) and
+    returns 0.5 * coef * sum(W^2), the penalty's share of the loss."""
+    total = np.float64(0)
+    for l in range(layout.shape[0]):
+        w0 = layout[l, LAY_W]
+        n = layout[l, LAY_C] * layout[l, LAY_OC]
+        w = params[w0:w0 + n]
+        g = grads[w0:w0 + n]
+        for i in range(n):
+            g[i] += coef * w[i]
+            total += np.float64(w[i]) * w[i]
+    return 0.5 * coef * total
+
+
 # --------------------------------------------------------------------------- whole network
 
 
@@ -538,8 +640,17 @@ def all_finite(x):
 
 
 @njit(cache=True)
-def _batch_gradients_layers(grads, params, X, Y, index, start, stop, layout, acts, use_blas, loss,
-                            inp_buf, tgt_buf, act_buf, delta_buf, row_loss):
+def _weight_sum(SW, index, start, stop):
+    """Sum of the sample weights SW (N,) of rows index[start:stop], in float64."""
+    s = np.float64(0)
+    for b in range(start, stop):
+        s += SW[index[b]]
+    return s
+
+
+@njit(cache=True)
+def _batch_gradients_layers(grads, params, X, Y, SW, index, start, stop, layout, acts, use_blas,
+                            loss, inp_buf, tgt_buf, act_buf, delta_buf, row_loss):
     """``batch_gradients`` through the per-layer kernels (gather, forward, fused loss, backward)."""
     B = stop - start
     C0 = X.shape[1]
@@ -550,8 +661,19 @@ def _batch_gradients_layers(grads, params, X, Y, index, start, stop, layout, act
     network_forward(act_buf, params, inp, layout, acts, use_blas)
     logits = activation_view(act_buf, layout, B, layout.shape[0] - 1)
     value = loss_forward(row_loss[:B], logits, tgt, loss)
+    if SW.shape[0] > 0:
+        # Weighted mean, as scikit-learn: sum_b w_b loss_b / sum_b w_b; each row's delta (which
+        # holds 1/B) is scaled by w_b B / sum w.
+        wsum = _weight_sum(SW, index, start, stop)
+        total = np.float64(0)
+        for b in range(B):
+            total += SW[index[start + b]] * row_loss[b]
+        value = total / wsum / (1 if loss == LOSS_CE else logits.shape[1])
     if np.isfinite(value):
         loss_backward(logits, logits, tgt, loss)
+        if SW.shape[0] > 0:
+            for b in range(B):
+                logits[b, :] *= SW[index[start + b]] * B / wsum
         network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, use_blas)
     return value
 
@@ -585,7 +707,7 @@ def _activation_grad(a, act):
 
 
 @njit(cache=True, inline="always")
-def _batch_gradients_fused(grads, params, X, Y, index, start, stop, layout, acts, loss,
+def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, acts, loss,
                            act_buf, delta_buf):
     """``batch_gradients`` for networks too small for BLAS (XOR-sized): the same maths, row by
     row in one function over the flat buffers, with no per-layer kernel calls or array views.
@@ -603,9 +725,12 @@ def _batch_gradients_fused(grads, params, X, Y, index, start, stop, layout, acts
     half = delta_buf.shape[0] // 2
     for i in range(P):
         grads[i] = 0
+    weighted = SW.shape[0] > 0
+    wsum = _weight_sum(SW, index, start, stop) if weighted else np.float64(B)
     batch_loss = 0.0
     for bb in range(B):
         r = index[start + bb]
+        rf = SW[r] * B / wsum if weighted else 1.0  # the row's weight; 1 keeps the bits exact
         # forward, one row: act_buf[a0 : a0 + OC] = act(in @ W + b) per layer
         a0 = 0
         for l in range(L):
@@ -627,8 +752,8 @@ def _batch_gradients_fused(grads, params, X, Y, index, start, stop, layout, acts
             for o in range(OCL):
                 z = act_buf[z0 + o]
                 t = Y[r, o]
-                batch_loss += max(z, 0) - z * t + np.log1p(np.exp(-abs(z)))
-                delta_buf[d0 + o] = (_sigmoid(z) - t) / (B * OCL)
+                batch_loss += (max(z, 0) - z * t + np.log1p(np.exp(-abs(z)))) * rf
+                delta_buf[d0 + o] = (_sigmoid(z) - t) / (B * OCL) * rf
         elif loss == LOSS_CE:
             m = act_buf[z0]
             for o in range(1, OCL):
@@ -637,17 +762,17 @@ def _batch_gradients_fused(grads, params, X, Y, index, start, stop, layout, acts
             for o in range(OCL):
                 se += np.exp(act_buf[z0 + o] - m)
             label = int(Y[r, 0])
-            batch_loss += m + np.log(se) - act_buf[z0 + label]
+            batch_loss += (m + np.log(se) - act_buf[z0 + label]) * rf
             for o in range(OCL):
                 p = np.exp(act_buf[z0 + o] - m) / se
                 if o == label:
                     p -= 1
-                delta_buf[d0 + o] = p / B
+                delta_buf[d0 + o] = p / B * rf
         else:
             for o in range(OCL):
                 d = act_buf[z0 + o] - Y[r, o]
-                batch_loss += d * d
-                delta_buf[d0 + o] = d * (2.0 / (B * OCL))
+                batch_loss += d * d * rf
+                delta_buf[d0 + o] = d * (2.0 / (B * OCL)) * rf
         # backward, one row: accumulate dW, db; delta of the layer below
         for l in range(L - 1, -1, -1):
             C = layout[l, LAY_C]
@@ -672,71 +797,100 @@ def _batch_gradients_fused(grads, params, X, Y, index, start, stop, layout, acts
 
 
 @njit(cache=True)
-def batch_gradients(grads, params, X, Y, index, start, stop, layout, acts, use_blas, loss,
-                    inp_buf, tgt_buf, act_buf, delta_buf, row_loss):
+def batch_gradients(grads, params, X, Y, SW, index, start, stop, layout, acts, use_blas, loss,
+                    l2, inp_buf, tgt_buf, act_buf, delta_buf, row_loss):
     """grads (P,) = the gradient of the mean loss over the rows index[start:stop] of X (N, C_0),
     Y (N, T); returns that mean loss. After a non-finite loss grads are not to be used.
 
+    SW (N,): sample weights (the weighted mean, as scikit-learn), or (0,) for none. l2 > 0 adds
+    scikit-learn's penalty 0.5 * l2 * sum(W^2) / (sum of the batch's weights), biases excluded.
     Networks with a layer large enough for BLAS go through the per-layer kernels (the batch
     gathered into inp_buf / tgt_buf; act_buf, delta_buf and row_loss workspaces for at least
     stop - start rows); networks too small for BLAS through one fused loop.
     """
     if use_blas.any():
-        return _batch_gradients_layers(grads, params, X, Y, index, start, stop, layout, acts,
-                                       use_blas, loss, inp_buf, tgt_buf, act_buf, delta_buf,
-                                       row_loss)
-    return _batch_gradients_fused(grads, params, X, Y, index, start, stop, layout, acts, loss,
-                                  act_buf, delta_buf)
+        value = _batch_gradients_layers(grads, params, X, Y, SW, index, start, stop, layout,
+                                        acts, use_blas, loss, inp_buf, tgt_buf, act_buf,
+                                        delta_buf, row_loss)
+    else:
+        value = _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, acts,
+                                       loss, act_buf, delta_buf)
+    return _with_l2(value, grads, params, layout, SW, index, start, stop, l2)
 
 
 @njit(cache=True)
-def train_epochs(params, velocity, grads, epoch_loss, X, Y, order, layout, acts, use_blas, loss,
-                 batch_size, lr, momentum, nesterov, weight_decay,
-                 inp_buf, tgt_buf, act_buf, delta_buf, row_loss, backup):
-    """Minibatch SGD for E = epoch_loss.shape[0] epochs, all inside compiled code.
+def _with_l2(value, grads, params, layout, SW, index, start, stop, l2):
+    """value plus scikit-learn's L2 penalty, its gradient added to grads (see batch_gradients)."""
+    if l2 == 0 or not np.isfinite(value):
+        return value
+    wsum = _weight_sum(SW, index, start, stop) if SW.shape[0] > 0 else np.float64(stop - start)
+    return value + l2_penalty(grads, params, layout, l2 / wsum)
 
-    X (N, C_0), Y (N, T); order (E or 1, N) holds each epoch's sample order (one row reused when
-    there is no shuffling). params, velocity, grads (P,) are updated in place; epoch_loss (E,) gets
-    the sample-weighted mean of the batch losses of each epoch. Workspaces: as for
-    ``batch_gradients`` with batch_size rows, and backup (P + velocity size,).
+
+@njit(cache=True)
+def train_epochs(params, state, step, grads, epoch_loss, X, Y, SW, order, lrs, layout, acts,
+                 use_blas, loss, batch_size, opt, hyper, l2,
+                 inp_buf, tgt_buf, act_buf, delta_buf, row_loss, backup):
+    """Minibatch training for E = epoch_loss.shape[0] epochs, all inside compiled code.
+
+    X (N, C_0), Y (N, T), SW (N,) or (0,) as for ``batch_gradients``; order (E or 1, N) holds each
+    epoch's sample order (one row reused when there is no shuffling); lrs (E,) each epoch's
+    learning rate. params, state (see ``optimizer_update``), grads (P,) and step (1,), the count
+    of updates so far, change in place; epoch_loss (E,) gets the mean of each epoch's batch
+    losses weighted by batch length. Workspaces: as for ``batch_gradients`` with batch_size rows,
+    and backup (P + state size,).
 
     Returns the number of epochs completed. Fewer than E means the loss or a parameter went
-    non-finite in the next epoch; params and velocity are then restored to their values at that
-    epoch's start.
+    non-finite in the next epoch; params, state and step are then restored to their values at
+    that epoch's start.
     """
     N = X.shape[0]
     P = params.shape[0]
     E = epoch_loss.shape[0]
-    fused = not use_blas.any()  # the same choice as batch_gradients
+    fused = not use_blas.any()
+    momentum = hyper[H_MOMENTUM]
+    nesterov = hyper[H_NESTEROV] != 0
+    wd = hyper[H_WEIGHT_DECAY]
+    t = step[0]
     for e in range(E):
+        lr = lrs[e]
         backup[:P] = params
-        if momentum != 0:
-            backup[P:] = velocity
+        if state.shape[0] > 0:
+            backup[P:] = state
+        t0 = t
         index = order[e % order.shape[0]]
         total = 0.0
         ok = True
         for start in range(0, N, batch_size):
             stop = min(N, start + batch_size)
-            if fused:  # decided once per call: at XOR size even this dispatch shows
-                value = _batch_gradients_fused(grads, params, X, Y, index, start, stop, layout,
-                                               acts, loss, act_buf, delta_buf)
+            # batch_gradients' choice, made once per call: at XOR size even its dispatch shows
+            if fused:
+                value = _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop,
+                                               layout, acts, loss, act_buf, delta_buf)
             else:
-                value = _batch_gradients_layers(grads, params, X, Y, index, start, stop, layout,
-                                                acts, use_blas, loss, inp_buf, tgt_buf, act_buf,
-                                                delta_buf, row_loss)
+                value = _batch_gradients_layers(grads, params, X, Y, SW, index, start, stop,
+                                                layout, acts, use_blas, loss, inp_buf, tgt_buf,
+                                                act_buf, delta_buf, row_loss)
+            if l2 != 0:
+                value = _with_l2(value, grads, params, layout, SW, index, start, stop, l2)
             if not np.isfinite(value):
                 ok = False
                 break
             total += value * (stop - start)
-            sgd_update(params, velocity, grads, lr, momentum, nesterov, weight_decay)
+            t += 1
+            if opt == OPT_SGD:
+                sgd_update(params, state, grads, lr, momentum, nesterov, wd)
+            else:
+                optimizer_update(params, state, grads, opt, lr, hyper, t)
         if ok:
             ok = all_finite(params)
         if not ok:
             params[:] = backup[:P]
-            if momentum != 0:
-                velocity[:] = backup[P:]
+            state[:] = backup[P:]
+            step[0] = t0
             return e
         epoch_loss[e] = total / N
+    step[0] = t
     return E
 
 

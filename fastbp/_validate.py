@@ -41,8 +41,8 @@ def features(X, n_features, dtype, name="X"):
 def targets(y, n_samples, kind, n_out, dtype, name="y"):
     """y as a C-contiguous (n, T) array of dtype for a loss whose targets are ``kind``.
 
-    kind 'binary': 0/1 or soft targets in [0, 1], T = 1; 'labels': integers 0..n_out-1, T = 1;
-    'real': shape (n,) or (n, n_out), T = n_out. Also returns whether y was 1-D.
+    kind 'binary': 0/1 or soft targets in [0, 1], 'real': any finite values, both of shape
+    (n,) (one output) or (n, n_out), T = n_out; 'labels': integers 0..n_out-1, T = 1. Also returns whether y was 1-D.
     """
     arr = _as_numeric_array(y, name)
     if arr.ndim == 0 or arr.ndim > 2:
@@ -52,7 +52,7 @@ def targets(y, n_samples, kind, n_out, dtype, name="y"):
                          "they must have the same length")
     one_d = arr.ndim == 1
     width = 1 if one_d else arr.shape[1]
-    if kind == "real":
+    if kind in ("real", "binary"):
         if width != n_out:
             shapes = f"({n_samples}, {n_out})" + (f" or ({n_samples},)" if n_out == 1 else "")
             raise ValueError(f"{name} must have shape {shapes} to match the {n_out} network "

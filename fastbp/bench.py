@@ -202,6 +202,83 @@ def _rss_probe(name, impl, dtype, quick):
     print(json.dumps(dict(baseline_mib=base, peak_mib=_status_mib("VmHWM"))))
 
 
+def _reset_peak():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+    except OSError:
+        pass
+
+
+def _memmap_probe(path, rows, cols):
+    """In a fresh process: one epoch of a 784-256-10 network streamed from the float32 memmap at
+    path; prints the peak RSS above the baseline taken after imports and the warm-up."""
+    from . import Network
+    X = np.memmap(path, dtype=np.float32, mode="r", shape=(rows, cols))
+    y = np.arange(rows) % 10
+    net = Network([cols, 256, 10], seed=0)
+    net.fit(X[:512], y[:512], epochs=1, batch_size=128)  # compile / cache load, outside the peak
+    base = _status_mib("VmRSS")
+    _reset_peak()
+    t0 = time.perf_counter()
+    hist = net.fit(X, y, epochs=1, batch_size=128, lr=0.01)
+    seconds = time.perf_counter() - t0
+    print(json.dumps(dict(baseline_mib=base, peak_mib=_status_mib("VmHWM"), seconds=seconds,
+                          loss=hist.loss[-1])))
+
+
+def memmap_rss(gib, folder=None):
+    """Train one epoch from a float32 memmap of ``gib`` GiB (784 columns) written to a temporary
+    file; returns the probe's figures plus the file size."""
+    import tempfile
+    cols = 784
+    rows = int(gib * (1 << 30)) // (cols * 4)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        path = os.path.join(tmp, "X.f32")
+        mm = np.memmap(path, dtype=np.float32, mode="w+", shape=(rows, cols))
+        rng = np.random.default_rng(0)
+        for a in range(0, rows, 65536):
+            mm[a:a + 65536] = rng.random((min(65536, rows - a), cols), dtype=np.float32)
+        mm.flush()
+        del mm
+        cmd = [sys.executable, "-m", "fastbp.bench", "--memmap-probe", path, str(rows), str(cols)]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=True)
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+    res.update(file_mib=rows * cols * 4 / 2**20, rows=rows)
+    return res
+
+
+def digits_vs_sklearn(repeats=5, max_iter=40):
+    """fastbp.sklearn.MLPClassifier against scikit-learn's on load_digits, same hyper-parameters
+    and random_state: test accuracy and seconds per epoch (median of ``repeats`` fits each,
+    alternating)."""
+    import warnings
+    from sklearn.datasets import load_digits
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import train_test_split
+    from sklearn.neural_network import MLPClassifier as Theirs
+    from .sklearn import MLPClassifier as Ours
+    X, y = load_digits(return_X_y=True)
+    Xtr, Xte, ytr, yte = train_test_split(X / 16, y, train_size=1344, stratify=y, random_state=0)
+    out = {}
+    Ours((64,), max_iter=1).fit(Xtr, ytr)  # compile / cache load outside the timing
+    for solver in ("adam", "sgd"):
+        kw = dict(hidden_layer_sizes=(64,), solver=solver, random_state=0, max_iter=max_iter)
+        times = {"fastbp": [], "sklearn": []}
+        acc = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            for _ in range(repeats):
+                for name, cls in (("fastbp", Ours), ("sklearn", Theirs)):
+                    t0 = time.perf_counter()
+                    clf = cls(**kw).fit(Xtr, ytr)
+                    times[name].append((time.perf_counter() - t0) / clf.n_iter_)
+                    acc[name] = clf.score(Xte, yte)
+        out[solver] = {name: dict(accuracy=acc[name], seconds_per_epoch=float(np.median(t)))
+                       for name, t in times.items()}
+    return out
+
+
 def environment():
     import numba
     import scipy
@@ -410,7 +487,12 @@ def main(argv=None):
     p.add_argument("--no-rss", action="store_true", help="skip the W3 peak-RSS child processes")
     p.add_argument("--mpi", action="store_true",
                    help="W3 data-parallel over MPI with 1 and 2 ranks, plus the N-machine arithmetic")
+    p.add_argument("--digits", action="store_true",
+                   help="fastbp.sklearn.MLPClassifier vs scikit-learn's on load_digits")
+    p.add_argument("--memmap", type=float, metavar="GIB",
+                   help="peak RSS of one epoch streamed from a float32 memmap of this size")
     p.add_argument("--rss-probe", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--memmap-probe", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--mpi-worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.mpi_worker:
@@ -421,6 +503,27 @@ def main(argv=None):
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(dict(mpi=rows), f, indent=1)
+        return None
+    if args.memmap_probe:
+        path, rows, cols = args.memmap_probe
+        return _memmap_probe(path, int(rows), int(cols))
+    if args.memmap:
+        r = memmap_rss(args.memmap)
+        print(f"memmap {r['file_mib']:,.0f} MiB ({r['rows']:,} x 784 float32), one epoch of "
+              f"784-256-10, batch 128: peak RSS {r['peak_mib']:,.0f} MiB, baseline "
+              f"{r['baseline_mib']:,.0f} MiB, growth {r['peak_mib'] - r['baseline_mib']:,.0f} MiB; "
+              f"{r['seconds']:.1f} s, {r['rows'] / r['seconds']:,.0f} samples/s")
+        return None
+    if args.digits:
+        res = digits_vs_sklearn(3 if args.quick else 5)
+        print("load_digits, 1344 train / 453 test, hidden (64,), random_state 0, max_iter 40, "
+              "median of fits alternating")
+        for solver, r in res.items():
+            f, k = r["fastbp"], r["sklearn"]
+            print(f"  solver={solver}: accuracy fastbp {f['accuracy']:.4f} vs scikit-learn "
+                  f"{k['accuracy']:.4f}; per epoch {f['seconds_per_epoch'] * 1e3:.3f} ms vs "
+                  f"{k['seconds_per_epoch'] * 1e3:.3f} ms = "
+                  f"{k['seconds_per_epoch'] / f['seconds_per_epoch']:.2f}x faster")
         return None
     if args.rss_probe:
         name, impl, dt = args.rss_probe

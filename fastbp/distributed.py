@@ -85,7 +85,7 @@ class Distributed:
         try:
             yield
         except Exception as exc:
-            from .network import DivergenceError
+            from .training import DivergenceError
             if isinstance(exc, DivergenceError):  # every rank sees the same reduced loss
                 raise
             print(f"fastbp: rank {self.rank} of {self.size} failed in fit: "
@@ -94,18 +94,34 @@ class Distributed:
             raise
 
 
+def _plan(net, X, y, kwargs):
+    """fit's checks, plus those of what the MPI path does not do yet."""
+    from .training import Plan
+    plan = Plan(net, X, y, **kwargs)
+    unsupported = [name for name, used in (
+        ("sample_weight", plan.SW.size), ("validation_data/validation_split", plan.val is not None),
+        ("callbacks", plan.callbacks), ("progress", plan.progress),
+        ("checkpoint", plan.checkpoint), ("streamed X", plan.streamed),
+        (f"schedule {plan.state.schedule.name!r}", plan.state.schedule.needs_loss)) if used]
+    if unsupported:
+        raise ValueError(f"fit with comm does not support {', '.join(unsupported)} yet")
+    return plan
+
+
 def fit_distributed(net, comm, sharded, X, y, **kwargs):
     """``Network.fit`` over MPI; see the module docstring."""
-    from .network import History
+    from .training import History, _diverged
 
     dist = Distributed(comm)
     # Validation first, on every rank, before any other communication.
-    plan = dist.agree(lambda: net._plan_fit(X, y, allocate=False, **kwargs))
+    plan = dist.agree(lambda: _plan(net, X, y, kwargs))
+    st = plan.state
+    opt = st.optimizer
     n_local = plan.X.shape[0]
     counts = comm.allgather(n_local)
     if sharded:
         n_total = sum(counts)
-        batch = n_total if plan.batch_size is None else min(plan.batch_size, n_total)
+        batch = n_total if st.batch_size is None else min(st.batch_size, n_total)
         shares = [hi - lo for lo, hi in (share(batch, r, dist.size) for r in range(dist.size))]
         steps = {-(-c // s) if s else 0 for c, s in zip(counts, shares)}
         if len(steps) != 1 or 0 in shares:
@@ -123,7 +139,9 @@ def fit_distributed(net, comm, sharded, X, y, **kwargs):
         batch = plan.batch
         n_steps = -(-n_total // batch)
         rows = -(-batch // dist.size)  # this rank's share of a batch, not the whole batch
-    net._allocate(plan, rows)
+    plan.allocate(rows)
+    net._targets_1d = plan.one_d
+    net._train = st
 
     # Every rank starts from rank 0's weights and shuffling state, as DDP does.
     comm.Bcast(net._params, root=0)
@@ -134,16 +152,19 @@ def fit_distributed(net, comm, sharded, X, y, **kwargs):
     buf = np.empty(P + 2, dtype=net.dtype)
     grads = plan.grads
     history = History()
-    lr, momentum, nesterov, weight_decay = plan.opt.hyper(net.dtype)
+    hyper = opt.hyper(net.dtype)
     budget = dist.threads()
     user_threads = numba.get_num_threads()
     numba.set_num_threads(budget)
     try:
         with dist.abort_on_error(), _threads.compute(plan.use_blas.any()):
             for _ in range(plan.epochs):
-                index = net._orders(n_local, 1)[0] if plan.shuffle else np.arange(n_local)
+                index = net._orders(n_local, 1)[0] if st.shuffle else np.arange(n_local)
                 plan.backup[:P] = net._params
-                plan.backup[P:] = plan.opt.velocity
+                plan.backup[P:] = opt.state
+                step0 = opt.step
+                lr = net.dtype.type(st.schedule.rate(opt.lr, np.array([st.epoch]),
+                                                      np.array([st.samples]))[0])
                 total = 0.0
                 ok = True
                 for step in range(n_steps):
@@ -156,9 +177,10 @@ def fit_distributed(net, comm, sharded, X, y, **kwargs):
                         start, stop = g0 + lo, g0 + hi
                     b = stop - start
                     if b > 0:
-                        value = K.batch_gradients(grads, net._params, plan.X, plan.Y, index, start,
-                                                  stop, net._layout, net._acts, plan.use_blas,
-                                                  net._loss.code, *plan.workspaces)
+                        value = K.batch_gradients(grads, net._params, plan.X, plan.Y, plan.SW,
+                                                  index, start, stop, net._layout, net._acts,
+                                                  plan.use_blas, net._loss.code, 0.0,
+                                                  *plan.workspaces)
                         # Sums, not means, travel: the global mean is the total over all rows.
                         np.multiply(grads, b, out=buf[:P])
                         buf[P] = value * b
@@ -173,15 +195,22 @@ def fit_distributed(net, comm, sharded, X, y, **kwargs):
                         break
                     np.divide(buf[:P], rows_total, out=grads)
                     total += value * rows_total
-                    K.sgd_update(net._params, plan.opt.velocity, grads, lr, momentum, nesterov,
-                                 weight_decay)
+                    opt.step += 1
+                    K.optimizer_update(net._params, opt.state, grads, opt.code, lr, hyper,
+                                       opt.step)
                 if ok:
                     ok = K.all_finite(net._params)
                 if not ok:
                     net._params[:] = plan.backup[:P]
-                    plan.opt.velocity[:] = plan.backup[P:]
-                    net._diverged(history, plan)
-                net._record(history, [total / n_total], plan.log_every if dist.rank == 0 else 0)
+                    opt.state[:] = plan.backup[P:]
+                    opt.step = step0
+                    _diverged(history, plan)
+                history.loss.append(total / n_total)
+                history.lr.append(float(lr))
+                st.epoch += 1
+                st.samples += n_total
+                if plan.log_every and dist.rank == 0 and st.epoch % plan.log_every == 0:
+                    print(f"epoch {st.epoch}  loss {history.loss[-1]:.4f}")
     finally:
         numba.set_num_threads(user_threads)
     history.comm = dict(ranks=dist.size, threads_per_rank=budget, steps=dist.allreduce_calls,

@@ -12,10 +12,11 @@ from . import _threads
 from . import _validate as check
 from .activations import ACTIVATIONS
 from .losses import LOSSES
-from .optim import SGD
+from . import training
+from .training import DivergenceError, History  # noqa: F401  (public names, re-exported)
 
 FORMAT = "fastbp-network"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 adds the training state (optimiser, schedule, epochs); 1 is still read
 
 # A dense layer with B * C * OC at least this goes through BLAS gemm; smaller ones run the
 # explicit loops. Measured here (float32, forward + backward): loops 1.2 us vs gemm 1.4 us at
@@ -23,33 +24,8 @@ FORMAT_VERSION = 1
 # from the thread count, so the choice cannot change results between thread settings.
 BLAS_MIN_WORK = 1 << 12
 
-# Rows per chunk for predict/loss, and the most sample indices drawn ahead for shuffled epochs.
+# Rows per chunk for predict/loss.
 EVAL_CHUNK = 4096
-ORDER_BUDGET = 1 << 20
-
-
-class DivergenceError(FloatingPointError):
-    """Training produced a non-finite loss or parameter. ``history`` holds the epochs that completed;
-    the network keeps the finite parameters from before the failing epoch."""
-
-    def __init__(self, message, history):
-        super().__init__(message)
-        self.history = history
-
-
-class History:
-    """What ``fit`` returns. ``loss``: one float per epoch, the sample-weighted mean of the batch
-    losses computed during that epoch (before each batch's update)."""
-
-    def __init__(self):
-        self.loss = []
-
-    def __len__(self):
-        return len(self.loss)
-
-    def __repr__(self):
-        last = f", last loss {self.loss[-1]:.6g}" if self.loss else ""
-        return f"History({len(self.loss)} epochs{last})"
 
 
 def _seed_sequence(seed):
@@ -62,7 +38,8 @@ class Network:
     sizes: layer widths, input and output included, e.g. [2, 4, 1].
     activation: one name for every hidden layer, or a list with one per hidden layer:
         'sigmoid', 'relu', 'tanh', 'leaky_relu' (slope 0.01), 'identity'.
-    loss: 'bce' (one sigmoid output, targets 0/1 or in [0, 1]), 'cross_entropy' (softmax over
+    loss: 'bce' (sigmoid outputs, one per binary target: targets 0/1 or in [0, 1], shape (n,)
+        for one output, (n, sizes[-1]) for several, e.g. multilabel), 'cross_entropy' (softmax over
         sizes[-1] >= 2 outputs, integer labels 0..K-1) or 'mse' (identity output, real targets).
     seed: integer seed of the initial weights and of the shuffling; None draws fresh entropy
         (kept in ``seed`` so the run can be repeated).
@@ -91,8 +68,6 @@ class Network:
         if isinstance(activation, str):  # a name is checked even when there is no hidden layer
             check.choice(activation, "activation", ACTIVATIONS)
         check.choice(loss, "loss", LOSSES)
-        if loss == "bce" and sizes[-1] != 1:
-            raise ValueError(f"loss 'bce' needs one output unit (sizes[-1] == 1); got {sizes[-1]}")
         if loss == "cross_entropy" and sizes[-1] < 2:
             raise ValueError("loss 'cross_entropy' needs at least 2 output units (one per class); "
                              f"got sizes[-1] = {sizes[-1]}")
@@ -119,6 +94,7 @@ class Network:
         # The shuffling stream: a child of the same seed, independent of the initialisation draws.
         self._shuffle_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
         self._targets_1d = self.sizes[-1] == 1
+        self._train = None  # training.TrainState of the last fit, for resume=True and checkpoints
 
     # ------------------------------------------------------------------ construction helpers
 
@@ -202,14 +178,40 @@ class Network:
 
     # ------------------------------------------------------------------ training
 
-    def fit(self, X, y, epochs=10, lr=0.05, batch_size=None, momentum=0.0, nesterov=False,
-            weight_decay=0.0, shuffle=True, log_every=0, comm=None, sharded=False):
-        """Train with minibatch SGD; returns a ``History``.
+    def fit(self, X, y, epochs=10, lr=None, batch_size=None, optimizer="sgd", momentum=0.0,
+            nesterov=False, weight_decay=None, betas=None, eps=None, schedule=None, shuffle=True,
+            sample_weight=None, validation_data=None, validation_split=0.0, early_stopping=False,
+            patience=10, min_delta=0.0, callbacks=(), progress=False, log_every=0,
+            checkpoint=None, checkpoint_every=1, resume=False, stream=None, comm=None,
+            sharded=False):
+        """Train by minibatch gradient descent; returns a ``History`` of this call's epochs.
 
-        X: (n_samples, sizes[0]) array-like. y: labels (n_samples,) for 'bce' and
-        'cross_entropy', targets (n_samples,) or (n_samples, sizes[-1]) for 'mse'.
-        batch_size None is full batch. shuffle draws a new order of the samples each epoch from
-        the network's seeded generator. log_every=N prints the epoch's loss every N epochs.
+        X: (n_samples, sizes[0]) array-like, or a ``numpy.memmap`` (streamed from disk in chunks,
+        never loaded whole; ``stream=True`` streams any array-like that supports X[a:b]).
+        y: labels (n_samples,) for 'cross_entropy'; 0/1 targets (n_samples,) or (n_samples,
+        sizes[-1]) for 'bce'; real targets (n_samples,) or (n_samples, sizes[-1]) for 'mse'.
+        batch_size None is full batch. shuffle draws a new order each epoch from the network's
+        seeded generator. sample_weight (n_samples,): each sample's weight in the batch mean.
+
+        Optimiser: optimizer 'sgd' (lr default 0.05; momentum, nesterov), 'adam' or 'adamw' (lr
+        default 0.001; betas (0.9, 0.999), eps 1e-8), all as torch.optim; weight_decay defaults
+        to 0 (0.01 for 'adamw', as torch). Or an ``fastbp.optim`` object, used as is.
+        schedule: a name ('constant', 'step', 'exponential', 'cosine', 'invscaling', 'adaptive')
+        or a ``fastbp.schedules`` object; the rate is set per epoch.
+
+        validation_data (X_val, y_val) or validation_split (a fraction held out at random): the
+        validation loss (and accuracy, for classification) is recorded each epoch.
+        early_stopping: stop after ``patience`` epochs without the validation loss falling by more
+        than min_delta, and restore the weights of the best epoch.
+        callbacks: callables f(epoch, loss, val_loss, network) called after every epoch; one that
+        returns False stops training. progress: a tqdm bar (needs tqdm). log_every=N prints the
+        loss every N epochs.
+
+        checkpoint: a path written (atomically) every checkpoint_every epochs and at the end,
+        with the training state. resume=True continues the last run of this network (or the one
+        loaded from a checkpoint): optimiser state, schedule, epoch count and shuffling carry on,
+        so fit(epochs=a) then fit(epochs=b, resume=True) gives the same bits as fit(epochs=a+b).
+        The other arguments must describe the same run; epochs counts the epochs to add.
 
         comm: an mpi4py communicator for data-parallel training over MPI (see
         ``fastbp.distributed``); every rank passes the same full data, or, with sharded=True, its
@@ -219,85 +221,29 @@ class Network:
         ``DivergenceError`` if the loss or a parameter becomes non-finite; the parameters are then
         those from before the failing epoch.
         """
-        kwargs = dict(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
-                      nesterov=nesterov, weight_decay=weight_decay, shuffle=shuffle,
-                      log_every=log_every)
+        kwargs = dict(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
+                      momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                      betas=betas, eps=eps, schedule=schedule, shuffle=shuffle,
+                      sample_weight=sample_weight, validation_data=validation_data,
+                      validation_split=validation_split, early_stopping=early_stopping,
+                      patience=patience, min_delta=min_delta, callbacks=callbacks,
+                      progress=progress, log_every=log_every, checkpoint=checkpoint,
+                      checkpoint_every=checkpoint_every, resume=resume, stream=stream)
         if comm is not None:
             from .distributed import fit_distributed
             return fit_distributed(self, comm, check.boolean(sharded, "sharded"), X, y, **kwargs)
         if sharded:
             raise ValueError("sharded=True needs comm (an MPI communicator)")
-        plan = self._plan_fit(X, y, **kwargs)
-        n = plan.X.shape[0]
-        per_call = max(1, min(plan.epochs, ORDER_BUDGET // n)) if plan.shuffle else plan.epochs
-        history = History()
-        done = 0
-        with _threads.compute(plan.use_blas.any()):
-            while done < plan.epochs:
-                count = min(per_call, plan.epochs - done)
-                if plan.log_every:  # stop each call on a logging epoch
-                    count = min(count, plan.log_every - done % plan.log_every)
-                order = self._orders(n, count) if plan.shuffle else np.arange(n)[None, :]
-                losses = np.empty(count)
-                completed = K.train_epochs(
-                    self._params, plan.opt.velocity, plan.grads, losses, plan.X, plan.Y, order,
-                    self._layout, self._acts, plan.use_blas, self._loss.code, plan.batch,
-                    *plan.opt.hyper(self.dtype), *plan.workspaces, plan.backup)
-                self._record(history, losses[:completed], plan.log_every)
-                done += completed
-                if completed < count:
-                    self._diverged(history, plan)
-        return history
+        return training.fit(self, X, y, **kwargs)
 
-    def _plan_fit(self, X, y, epochs, lr, batch_size, momentum, nesterov, weight_decay, shuffle,
-                  log_every, allocate=True):
-        """Validate the arguments and (when ``allocate``) the workspaces for one batch. Only once every check has passed does it touch the network
-        (it remembers whether the targets were 1-D, for ``predict``)."""
-        plan = SimpleNamespace()
-        plan.X, plan.Y, one_d = self._XY(X, y)
-        plan.epochs = check.integer(epochs, "epochs", 1)
-        batch_size = check.integer(batch_size, "batch_size", 1, allow_none=True)
-        plan.opt = SGD(lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
-        plan.shuffle = check.boolean(shuffle, "shuffle")
-        plan.log_every = check.integer(log_every, "log_every", 0)
-        n = plan.X.shape[0]
-        plan.batch_size = batch_size
-        plan.batch = n if batch_size is None else min(batch_size, n)
-        plan.opt.init_state(self.n_params, self.dtype)
-        plan.grads = np.empty_like(self._params)
-        plan.backup = np.empty(self.n_params + plan.opt.velocity.size, self.dtype)
-        if allocate:
-            self._allocate(plan, plan.batch)
-        self._targets_1d = one_d
-        return plan
-
-    def _allocate(self, plan, rows):
-        """The per-batch workspaces of ``plan`` for batches of up to ``rows`` rows."""
-        ws = self._workspaces(rows)
-        plan.workspaces = (ws["inp_buf"], np.empty(rows * plan.Y.shape[1], self.dtype),
-                           ws["act_buf"], ws["delta_buf"], ws["row_loss"])
-        plan.use_blas = self._use_blas(rows)
+    @property
+    def epoch(self):
+        """Epochs trained in the current run (what resume=True continues from); 0 before fit."""
+        return 0 if self._train is None else self._train.epoch
 
     def _orders(self, n, count):
         """count fresh permutations of range(n) from the network's shuffling stream, (count, n)."""
         return np.stack([self._shuffle_rng.permutation(n) for _ in range(count)])
-
-    @staticmethod
-    def _record(history, losses, log_every):
-        """Append the epochs' losses to history, printing every log_every-th epoch."""
-        for value in losses:
-            history.loss.append(float(value))
-            k = len(history.loss)
-            if log_every and k % log_every == 0:
-                print(f"epoch {k}  loss {value:.4f}")
-
-    @staticmethod
-    def _diverged(history, plan):
-        epoch = len(history.loss) + 1
-        raise DivergenceError(
-            f"training diverged in epoch {epoch} of {plan.epochs}: the loss or a parameter "
-            f"became NaN or infinite. The parameters are restored to their values before that "
-            f"epoch; try a smaller lr (now {plan.opt.lr:g}).", history)
 
     # ------------------------------------------------------------------ inference
 
@@ -314,19 +260,21 @@ class Network:
         return out, value
 
     def predict_proba(self, X):
-        """P(y = 1), shape (n,), for 'bce'; the softmax, shape (n, K), for 'cross_entropy'."""
+        """P(y = 1), shape (n,) (or (n, sizes[-1]) when trained on 2-D targets), for 'bce'; the
+        softmax, shape (n, K), for 'cross_entropy'."""
         if self._loss.targets == "real":
             raise ValueError("predict_proba needs a classification loss ('bce' or "
                              "'cross_entropy'); this network's loss is 'mse': use predict")
         out, _ = self._evaluate(self._X(X))
-        return out[:, 0] if self.loss_name == "bce" else out
+        return out[:, 0] if self.loss_name == "bce" and self._targets_1d else out
 
     def predict(self, X):
         """Labels (n,) for 'bce' (0/1) and 'cross_entropy' (0..K-1); for 'mse' the outputs,
         shaped like the training targets ((n,) or (n, n_out))."""
         out, _ = self._evaluate(self._X(X))
         if self.loss_name == "bce":
-            return (out[:, 0] > 0.5).astype(np.int64)
+            labels = (out > 0.5).astype(np.int64)
+            return labels[:, 0] if self._targets_1d else labels
         if self.loss_name == "cross_entropy":
             return out.argmax(axis=1)
         return out[:, 0] if self._targets_1d else out
@@ -357,16 +305,24 @@ class Network:
     def save(self, path):
         """Write the network to ``path`` (a self-describing .npz, the name used as given).
 
-        The file is written to a temporary name in the same folder and renamed over ``path``, so a
-        failure or a kill part-way never leaves a truncated file or loses an existing one.
+        With the training state of the last fit (optimiser buffers and step, schedule, epochs),
+        so ``load`` then ``fit(..., resume=True)`` continues the run. The file is written to a
+        temporary name in the same folder, synced, and renamed over ``path``: a failure or a kill
+        at any moment leaves either the old file or the new one, never a truncated one.
         """
         path = os.fspath(path)
         meta = dict(format=FORMAT, version=FORMAT_VERSION, sizes=list(self.sizes),
                     activations=list(self.activations), loss=self.loss_name,
                     dtype=self.dtype.name, seed=str(self.seed), targets_1d=self._targets_1d,
-                    shuffle_state=self._shuffle_rng.bit_generator.state)
+                    shuffle_state=self._shuffle_rng.bit_generator.state,
+                    train=None if self._train is None else self._train.meta())
+        arrays = dict(params=self._params)
+        if self._train is not None:
+            arrays["opt_state"] = self._train.optimizer.state
+            if self._train.best is not None:
+                arrays["best_params"] = self._train.best[2]
         buf = io.BytesIO()
-        np.savez(buf, meta=np.array(json.dumps(meta)), params=self._params)
+        np.savez(buf, meta=np.array(json.dumps(meta)), **arrays)
         folder = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".tmp", dir=folder)
         try:
@@ -379,6 +335,12 @@ class Network:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+        # The rename itself is made durable by syncing the folder (a crash could otherwise lose it).
+        dirfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
 
     @classmethod
     def load(cls, path):
@@ -387,7 +349,8 @@ class Network:
         try:
             with np.load(path, allow_pickle=False) as f:
                 meta = json.loads(str(f["meta"][()]))
-                params = f["params"]
+                arrays = {k: f[k] for k in f.files if k != "meta"}
+                params = arrays["params"]
         except FileNotFoundError:
             raise
         except Exception as exc:
@@ -395,9 +358,9 @@ class Network:
                              f"of another format): {type(exc).__name__}: {exc}") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ValueError(f"{path!r} is not a fastbp model file (no '{FORMAT}' marker)")
-        if meta.get("version") != FORMAT_VERSION:
+        if meta.get("version") not in (1, FORMAT_VERSION):
             raise ValueError(f"{path!r} has fastbp format version {meta.get('version')}; this "
-                             f"fastbp reads version {FORMAT_VERSION}")
+                             f"fastbp reads versions 1 to {FORMAT_VERSION}")
         acts = meta["activations"] if meta["activations"] else "relu"
         net = cls(meta["sizes"], activation=acts, loss=meta["loss"], seed=int(meta["seed"]),
                   dtype=np.dtype(meta["dtype"]))
@@ -407,4 +370,7 @@ class Network:
         net._params[:] = params
         net._targets_1d = bool(meta["targets_1d"])
         net._shuffle_rng.bit_generator.state = meta["shuffle_state"]
+        if meta.get("train"):
+            net._train = training.TrainState.from_meta(meta["train"], arrays["opt_state"],
+                                                       arrays.get("best_params"))
         return net

@@ -96,38 +96,49 @@ def test_float32_fit_tracks_float64_fit():
 # ----------------------------------------------------------------- against torch.optim.SGD
 
 
-@pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True)])
-@pytest.mark.parametrize("loss,act", [("cross_entropy", "relu"), ("mse", "tanh"),
-                                      ("bce", "sigmoid")])
-def test_five_sgd_steps_match_torch(loss, act, momentum, nesterov, torch):
+def torch_steps(net, X, y, make_optimizer, steps, torch, lrs=None):
+    """The parameters of ``net`` after ``steps`` full-batch steps of a torch optimiser
+    (make_optimizer(params)), the same network written in torch; lrs: a rate per step."""
     F = torch.nn.functional
-    sizes = [5, 7, 6, out_width(loss)]
-    X, y = make_data(loss, 13, sizes[0], sizes[-1], seed=9)
-    net = fastbp.Network(sizes, activation=act, loss=loss, seed=4, dtype=np.float64)
     params = [torch.tensor(p.copy(), requires_grad=True) for p in net.weights + net.biases]
     L = len(net.weights)
-    opt = torch.optim.SGD(params, lr=0.2, momentum=momentum, nesterov=nesterov, weight_decay=0.01)
-    act_fn = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}[act]
+    opt = make_optimizer(params)
+    act_fn = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}[net.activations[0]]
     Xt = torch.tensor(X)
-    for _ in range(5):
+    for k in range(steps):
+        if lrs is not None:
+            for group in opt.param_groups:
+                group["lr"] = lrs[k]
         opt.zero_grad()
         a = Xt
         for i in range(L):
             a = a @ params[i] + params[L + i]
             if i < L - 1:
                 a = act_fn(a)
-        if loss == "bce":
+        if net.loss_name == "bce":
             value = F.binary_cross_entropy_with_logits(a[:, 0], torch.tensor(y, dtype=a.dtype))
-        elif loss == "cross_entropy":
+        elif net.loss_name == "cross_entropy":
             value = F.cross_entropy(a, torch.tensor(y))
         else:
             value = F.mse_loss(a, torch.tensor(y))
         value.backward()
         opt.step()
+    return [t.detach().numpy() for t in params]
+
+
+@pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True)])
+@pytest.mark.parametrize("loss,act", [("cross_entropy", "relu"), ("mse", "tanh"),
+                                      ("bce", "sigmoid")])
+def test_five_sgd_steps_match_torch(loss, act, momentum, nesterov, torch):
+    sizes = [5, 7, 6, out_width(loss)]
+    X, y = make_data(loss, 13, sizes[0], sizes[-1], seed=9)
+    net = fastbp.Network(sizes, activation=act, loss=loss, seed=4, dtype=np.float64)
+    expected = torch_steps(net, X, y, lambda p: torch.optim.SGD(
+        p, lr=0.2, momentum=momentum, nesterov=nesterov, weight_decay=0.01), 5, torch)
     net.fit(X, y, epochs=5, lr=0.2, momentum=momentum, nesterov=nesterov, weight_decay=0.01,
             shuffle=False)
-    for got, tensor in zip(net.weights + net.biases, params):
-        assert rel_err(got, tensor.detach().numpy()) < 1e-9
+    for got, want in zip(net.weights + net.biases, expected):
+        assert rel_err(got, want) < 1e-9
 
 
 # ----------------------------------------------------------------- reproducibility
@@ -267,27 +278,31 @@ def test_digits_reach_95_percent(seed):
     assert np.mean(net.predict(Xte) == yte) >= 0.95
 
 
+@pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("loss,act", [("cross_entropy", "relu"), ("mse", "tanh"),
                                       ("bce", "sigmoid"), ("mse", "leaky_relu")])
-def test_fused_small_loop_matches_the_per_layer_kernels(loss, act, dtype):
+def test_fused_small_loop_matches_the_per_layer_kernels(loss, act, dtype, weighted):
     """Networks too small for BLAS take the fused loop, larger ones the per-layer kernels: two
-    routes through the same maths, same loss and gradients for the same shuffled batch."""
+    routes through the same maths, same loss and gradients for the same shuffled batch, with and
+    without sample weights."""
     from fastbp import _kernels as K
+    from fastbp.training import Plan
     sizes = [3, 5, 4, out_width(loss)]
     X, y = make_data(loss, 11, sizes[0], sizes[-1], seed=4)
     net = fastbp.Network(sizes, activation=act, loss=loss, seed=6, dtype=dtype)
-    plan = net._plan_fit(X, y, epochs=1, lr=0.1, batch_size=4, momentum=0.0, nesterov=False,
-                         weight_decay=0.0, shuffle=True, log_every=0)
+    sw = np.random.default_rng(3).uniform(0.1, 3.0, 11) if weighted else None
+    plan = Plan(net, X, y, epochs=1, lr=0.1, batch_size=4, sample_weight=sw)
+    plan.allocate(plan.batch)
     assert not plan.use_blas.any()
     index = net._orders(11, 1)[0]
     fused, layers = np.empty_like(net._params), np.empty_like(net._params)
     for start, stop in ((0, 4), (4, 8), (8, 11)):
-        v_fused = K.batch_gradients(fused, net._params, plan.X, plan.Y, index, start, stop,
-                                    net._layout, net._acts, plan.use_blas, net._loss.code,
-                                    *plan.workspaces)
-        v_layers = K._batch_gradients_layers(layers, net._params, plan.X, plan.Y, index, start,
-                                             stop, net._layout, net._acts, plan.use_blas,
+        v_fused = K.batch_gradients(fused, net._params, plan.X, plan.Y, plan.SW, index, start,
+                                    stop, net._layout, net._acts, plan.use_blas, net._loss.code,
+                                    0.0, *plan.workspaces)
+        v_layers = K._batch_gradients_layers(layers, net._params, plan.X, plan.Y, plan.SW, index,
+                                             start, stop, net._layout, net._acts, plan.use_blas,
                                              net._loss.code, *plan.workspaces)
         tol = 1e-12 if dtype == np.float64 else 1e-5
         assert rel_err(v_fused, v_layers) < tol

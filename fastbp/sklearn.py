@@ -1,0 +1,454 @@
+"""scikit-learn estimators on fastbp's compiled kernels: swap
+``from sklearn.neural_network import MLPClassifier`` for ``from fastbp.sklearn import
+MLPClassifier`` (likewise ``MLPRegressor``) and keep the rest of the code.
+
+Same parameters, meanings and fitted attributes as scikit-learn's, for the stochastic solvers
+'sgd' and 'adam' (not 'lbfgs'). The same random_state gives the same initial weights, the same
+early-stopping split and the same epoch orders as scikit-learn; the arithmetic is fastbp's (float32
+data trains in float32, like scikit-learn). Known differences, all small:
+- solver='adam' runs fastbp's Adam kernel with eps_inside=True, which is scikit-learn's placement
+  of eps.
+- momentum SGD follows ``torch.optim.SGD``; with a changing rate (invscaling, adaptive) the
+  velocity is of gradients, not of updates, so old steps are not rescaled when the rate drops.
+- MLPRegressor with several targets reports loss_curve_ as 0.5 * (sum of squared errors over the
+  targets), averaged over samples: the loss whose gradient both libraries follow; scikit-learn
+  reports that divided by the number of targets.
+
+Needs scikit-learn (``pip install fastbp[sklearn]``); ``import fastbp`` does not import it.
+"""
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import accuracy_score, r2_score
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import LabelBinarizer
+from sklearn.utils import check_random_state, shuffle as sk_shuffle
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
+from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
+                                      validate_data)
+
+from . import _threads
+from . import optim, schedules
+from .network import Network
+from .training import Plan
+
+_ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
+
+
+class _BaseMLP(BaseEstimator):
+    """What MLPClassifier and MLPRegressor share: scikit-learn's _fit_stochastic loop around
+    fastbp's compiled epochs."""
+
+    _parameter_constraints = {
+        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "activation": [StrOptions(set(_ACTIVATIONS))],
+        "solver": [StrOptions({"sgd", "adam"})],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
+        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+        "power_t": [Interval(Real, 0, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "shuffle": ["boolean"],
+        "random_state": ["random_state"],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "verbose": ["verbose"],
+        "warm_start": ["boolean"],
+        "momentum": [Interval(Real, 0, 1, closed="both")],
+        "nesterovs_momentum": ["boolean"],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "beta_1": [Interval(Real, 0, 1, closed="left")],
+        "beta_2": [Interval(Real, 0, 1, closed="left")],
+        "epsilon": [Interval(Real, 0, None, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+    }
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
+                 alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+
+    # -------------------------------------------------------------- fitted parameters
+
+    @property
+    def coefs_(self):
+        """Weight matrices, one (n_in, n_out) per layer: views of the network's parameters."""
+        if "_net" not in vars(self):
+            raise AttributeError("coefs_ is set by fit")
+        return self._net.weights
+
+    @property
+    def intercepts_(self):
+        """Bias vectors, one (n_out,) per layer: views of the network's parameters."""
+        if "_net" not in vars(self):
+            raise AttributeError("intercepts_ is set by fit")
+        return self._net.biases
+
+    # -------------------------------------------------------------- fitting
+
+    def fit(self, X, y, sample_weight=None):
+        """Fit the model to X (n_samples, n_features) and y; returns self."""
+        self._validate_params()
+        return self._fit(X, y, sample_weight, incremental=False)
+
+    def _fit(self, X, y, sample_weight, incremental):
+        hidden = self.hidden_layer_sizes
+        hidden = list(hidden) if hasattr(hidden, "__iter__") else [hidden]
+        if any(h <= 0 for h in hidden):
+            raise ValueError(f"hidden_layer_sizes must be > 0, got {hidden}.")
+        first_pass = "_net" not in vars(self) or (not self.warm_start and not incremental)
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        X, Y = self._validate_input(X, y, incremental, reset=first_pass)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
+        rs = check_random_state(self.random_state)
+        if first_pass:
+            self._initialize(X, Y, hidden, rs)
+        elif self._net.sizes[1:-1] != tuple(hidden) or self._net.dtype != X.dtype:
+            raise ValueError("warm_start/partial_fit need the same hidden_layer_sizes and input "
+                             f"dtype as the first fit: {list(self._net.sizes[1:-1])}, "
+                             f"{self._net.dtype}")
+        self._fit_stochastic(X, Y, sample_weight, rs, incremental)
+        if not np.isfinite(self._net._params).all():
+            raise ValueError("Solver produced non-finite parameter weights. The input data may"
+                             " contain large values and need to be preprocessed.")
+        return self
+
+    def _initialize(self, X, Y, hidden, rs):
+        n_out = Y.shape[1]
+        sizes = [X.shape[1], *hidden, n_out]
+        net = Network(sizes, activation=_ACTIVATIONS[self.activation], loss=self._loss_name(n_out),
+                      seed=0, dtype=X.dtype)
+        # scikit-learn's initialisation, draw for draw: Glorot-uniform weights and biases (bound
+        # sqrt(6 / (fan_in + fan_out)), sqrt(2 / ...) for logistic), layer by layer.
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        for W, b in zip(net.weights, net.biases):
+            bound = np.sqrt(factor / (W.shape[0] + W.shape[1]))
+            W[...] = rs.uniform(-bound, bound, W.shape)
+            b[...] = rs.uniform(-bound, bound, b.shape)
+        self._net = net
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.n_outputs_ = n_out
+        self.n_layers_ = len(sizes)
+        self.out_activation_ = self._out_activation(n_out)
+        self.loss_curve_ = []
+        self._no_improvement_count = 0
+        self._best_params = net._params.copy()
+        if self.early_stopping:
+            self.validation_scores_ = []
+            self.best_validation_score_ = -np.inf
+            self.best_loss_ = None
+        else:
+            self.best_loss_ = np.inf
+            self.validation_scores_ = None
+            self.best_validation_score_ = None
+
+    def _scale(self):
+        """fastbp's losses are PyTorch's (means over every output); scikit-learn's gradient is of
+        the loss summed over outputs (and halved for squared error). s = theirs / ours: the rate
+        (SGD), eps (Adam) and alpha are rescaled by it so the updates are scikit-learn's."""
+        return 1.0
+
+    def _fit_stochastic(self, X, Y, sample_weight, rs, incremental):
+        if self.early_stopping:
+            stratify = Y if is_classifier(self) and self.n_outputs_ == 1 else None
+            parts = train_test_split(X, Y, *(() if sample_weight is None else (sample_weight,)),
+                                     random_state=rs, test_size=self.validation_fraction,
+                                     stratify=stratify)
+            X_train, X_val, Y_train, Y_val = parts[:4]
+            sw_train, sw_val = (None, None) if sample_weight is None else parts[4:]
+            if X_val.shape[0] < 2:
+                raise ValueError("The validation set is too small. Increase "
+                                 "'validation_fraction' or the size of your dataset.")
+            y_val = self._decode(Y_val)
+        else:
+            X_train, Y_train, sw_train = X, Y, sample_weight
+        n = X_train.shape[0]
+        if self.batch_size == "auto":
+            batch = min(200, n)
+        else:
+            if self.batch_size > n:
+                warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is "
+                              "going to be clipped")
+            batch = int(np.clip(self.batch_size, 1, n))
+
+        s = self._scale()
+        if self.solver == "sgd":
+            opt = dict(optimizer="sgd", lr=self.learning_rate_init * s, momentum=self.momentum,
+                       nesterov=bool(self.nesterovs_momentum and self.momentum > 0))
+            sched = {"constant": None, "invscaling": schedules.InvScaling(self.power_t),
+                     "adaptive": schedules.Adaptive(min_lr=1e-6 * s)}[self.learning_rate]
+        else:
+            opt = dict(optimizer=optim.Adam(self.learning_rate_init, (self.beta_1, self.beta_2),
+                                            self.epsilon / s, eps_inside=True))
+            sched = None
+        # partial_fit continues the optimiser; fit (warm_start or not) starts a fresh one
+        resume = incremental and self._net._train is not None
+        net = self._net
+        plan = Plan(net, X_train, self._targets(Y_train), epochs=1, batch_size=batch,
+                    schedule=sched, shuffle=self.shuffle, sample_weight=sw_train,
+                    l2=self.alpha / s, resume=bool(resume), **opt)
+        plan.allocate(plan.batch)
+        net._targets_1d = plan.one_d
+        net._train = plan.state
+        sched = plan.state.schedule
+        sample_idx = np.arange(n)
+        try:
+            with _threads.compute(plan.use_blas.any()):
+                for _ in range(1 if incremental else self.max_iter):
+                    if self.shuffle:
+                        sample_idx = sk_shuffle(sample_idx, random_state=rs)
+                    losses, _ = plan.run(1, sample_idx[None, :])
+                    if len(losses) == 0:  # diverged: fastbp restored the epoch's start
+                        net._params[:] = np.nan  # scikit-learn's outcome: refused just below
+                        break
+                    self.n_iter_ += 1
+                    self.t_ += n
+                    self.loss_ = float(losses[0]) * s
+                    self.loss_curve_.append(self.loss_)
+                    if self.verbose:
+                        print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
+                    if self.early_stopping:
+                        self._update_validation(X_val, y_val, sw_val)
+                    else:
+                        self._update_loss()
+                    if self._no_improvement_count > self.n_iter_no_change:
+                        what = ("Validation score did not improve more than" if self.early_stopping
+                                else "Training loss did not improve more than")
+                        msg = f"{what} tol={self.tol:f} for {self.n_iter_no_change} consecutive epochs."
+                        stop = (sched.reduce() if isinstance(sched, schedules.Adaptive)
+                                and self.solver == "sgd" else True)
+                        if stop:
+                            if self.verbose:
+                                print(msg + " Stopping.")
+                            break
+                        self._no_improvement_count = 0
+                    if incremental:
+                        break
+                    if self.n_iter_ == self.max_iter:
+                        warnings.warn("Stochastic Optimizer: Maximum iterations (%d) reached and "
+                                      "the optimization hasn't converged yet." % self.max_iter,
+                                      ConvergenceWarning)
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user.")
+        if self.early_stopping:
+            net._params[:] = self._best_params
+
+    def _update_validation(self, X_val, y_val, sw_val):
+        score = self._score(X_val, y_val, sw_val)
+        self.validation_scores_.append(score)
+        if self.verbose:
+            print("Validation score: %f" % score)
+        if score < self.best_validation_score_ + self.tol:
+            self._no_improvement_count += 1
+        else:
+            self._no_improvement_count = 0
+        if score > self.best_validation_score_:
+            self.best_validation_score_ = score
+            self._best_params = self._net._params.copy()
+
+    def _update_loss(self):
+        if self.loss_curve_[-1] > self.best_loss_ - self.tol:
+            self._no_improvement_count += 1
+        else:
+            self._no_improvement_count = 0
+        if self.loss_curve_[-1] < self.best_loss_:
+            self.best_loss_ = self.loss_curve_[-1]
+
+    def _forward(self, X):
+        """The output activation (probabilities, or the regression outputs), (n, n_outputs_)."""
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=(np.float64, np.float32), reset=False)
+        out, _ = self._net._evaluate(np.ascontiguousarray(X, dtype=self._net.dtype))
+        return out
+
+
+class MLPClassifier(ClassifierMixin, _BaseMLP):
+    """scikit-learn's ``MLPClassifier`` (solvers 'sgd' and 'adam') on fastbp's kernels: softmax
+    and cross-entropy for multiclass, a logistic output for binary and multilabel targets. Labels
+    may be any values scikit-learn accepts (strings, non-contiguous integers)."""
+
+    def _loss_name(self, n_out):
+        return "cross_entropy" if self._label_binarizer.y_type_ == "multiclass" else "bce"
+
+    def _out_activation(self, n_out):
+        return "softmax" if self._label_binarizer.y_type_ == "multiclass" else "logistic"
+
+    def _scale(self):
+        # summed over the outputs: multilabel bce is n_outputs x fastbp's mean
+        return 1.0 if self.out_activation_ == "softmax" else float(self.n_outputs_)
+
+    def _validate_input(self, X, y, incremental, reset):
+        X, y = validate_data(self, X, y, multi_output=True, dtype=(np.float64, np.float32),
+                             reset=reset)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        if "classes_" not in vars(self) or (not self.warm_start and not incremental):
+            self._label_binarizer = LabelBinarizer()
+            self._label_binarizer.fit(y)
+            self.classes_ = self._label_binarizer.classes_
+        else:
+            classes = unique_labels(y)
+            if self.warm_start:
+                if set(classes) != set(self.classes_):
+                    raise ValueError("warm_start can only be used where `y` has the same classes "
+                                     f"as in the previous call to fit. Previously got "
+                                     f"{self.classes_}, `y` has {classes}")
+            elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
+                raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` has "
+                                 f"{self.classes_}. 'y' has {classes}.")
+        if len(self.classes_) < 2 and self._label_binarizer.y_type_ != "multilabel-indicator":
+            raise ValueError("The number of classes has to be greater than one; got "
+                             f"{len(self.classes_)} class")
+        return X, self._label_binarizer.transform(y).astype(X.dtype)
+
+    def _targets(self, Y):
+        """Binarised Y as fastbp's losses take it: class indices for softmax, 0/1 otherwise."""
+        return Y.argmax(axis=1) if self._label_binarizer.y_type_ == "multiclass" else Y
+
+    def _decode(self, Y):
+        return self._label_binarizer.inverse_transform(Y)
+
+    def _score(self, X, y, sample_weight=None):
+        return accuracy_score(y, self._predict_validated(X), sample_weight=sample_weight)
+
+    def _predict_validated(self, X):
+        out, _ = self._net._evaluate(np.ascontiguousarray(X, dtype=self._net.dtype))
+        if self.n_outputs_ == 1:
+            out = out.ravel()
+        return self._label_binarizer.inverse_transform(out)
+
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """One epoch over (X, y), continuing the optimiser's state; ``classes`` (every label
+        that will ever be seen) is required on the first call."""
+        if _check_partial_fit_first_call(self, classes):
+            self._validate_params()
+            self._label_binarizer = LabelBinarizer()
+            if type_of_target(y).startswith("multilabel"):
+                self._label_binarizer.fit(y)
+            else:
+                self._label_binarizer.fit(classes)
+        return self._fit(X, y, sample_weight, incremental=True)
+
+    def predict(self, X):
+        """Predicted labels, (n_samples,) (or (n_samples, n_classes) for multilabel)."""
+        out = self._forward(X)
+        if self.n_outputs_ == 1:
+            out = out.ravel()
+        return self._label_binarizer.inverse_transform(out)
+
+    def predict_proba(self, X):
+        """Class probabilities (n_samples, n_classes), in the order of classes_."""
+        out = self._forward(X)
+        if self.n_outputs_ == 1:
+            return np.column_stack([1 - out[:, 0], out[:, 0]])
+        return out
+
+    def predict_log_proba(self, X):
+        """log(predict_proba(X))."""
+        p = self.predict_proba(X)
+        with np.errstate(divide="ignore"):
+            return np.log(p, out=p)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
+
+
+class MLPRegressor(RegressorMixin, _BaseMLP):
+    """scikit-learn's ``MLPRegressor`` (squared error; solvers 'sgd' and 'adam') on fastbp's
+    kernels, with one or many targets. loss: 'squared_error' only (scikit-learn's 'poisson' is
+    not implemented)."""
+
+    _parameter_constraints = {**_BaseMLP._parameter_constraints,
+                              "loss": [StrOptions({"squared_error"})]}
+
+    def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *,
+                 solver="adam", alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10):
+        super().__init__(
+            hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
+            alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
+            learning_rate_init=learning_rate_init, power_t=power_t, max_iter=max_iter,
+            shuffle=shuffle, random_state=random_state, tol=tol, verbose=verbose,
+            warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
+            early_stopping=early_stopping, validation_fraction=validation_fraction,
+            beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change)
+        self.loss = loss
+
+    def _loss_name(self, n_out):
+        return "mse"
+
+    def _out_activation(self, n_out):
+        return "identity"
+
+    def _scale(self):
+        # 0.5 * sum over outputs of the squared error = (n_outputs / 2) x fastbp's mean
+        return self.n_outputs_ / 2.0
+
+    def _validate_input(self, X, y, incremental, reset):
+        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True,
+                             dtype=(np.float64, np.float32), reset=reset)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        y = np.asarray(y, dtype=X.dtype)
+        return X, y.reshape(len(y), -1)
+
+    def _targets(self, Y):
+        return Y
+
+    def _decode(self, Y):
+        return Y[:, 0] if Y.shape[1] == 1 else Y
+
+    def _score(self, X, y, sample_weight=None):
+        out, _ = self._net._evaluate(np.ascontiguousarray(X, dtype=self._net.dtype))
+        pred = out[:, 0] if out.shape[1] == 1 else out
+        if not np.isfinite(pred).all():
+            return np.nan
+        return r2_score(y, pred, sample_weight=sample_weight)
+
+    def partial_fit(self, X, y, sample_weight=None):
+        """One epoch over (X, y), continuing the optimiser's state."""
+        if "_net" not in vars(self):
+            self._validate_params()
+        return self._fit(X, y, sample_weight, incremental=True)
+
+    def predict(self, X):
+        """Predictions, (n_samples,) for one target, (n_samples, n_targets) for several."""
+        out = self._forward(X)
+        return out[:, 0] if out.shape[1] == 1 else out
