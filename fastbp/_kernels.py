@@ -613,8 +613,11 @@ def network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, use_b
 @njit(cache=True)
 def _gather_row(inp, tgt, X, Y, index, start, b):
     r = index[start + b]
-    inp[b, :] = X[r, :]
-    tgt[b, :] = Y[r, :]
+    # explicit loops, not slice assignment: the same machine code, a fraction of the compile time
+    for c in range(inp.shape[1]):
+        inp[b, c] = X[r, c]
+    for t in range(tgt.shape[1]):
+        tgt[b, t] = Y[r, t]
 
 
 @njit(parallel=True, cache=True)
@@ -628,6 +631,13 @@ def gather_rows(inp, tgt, X, Y, index, start):
     else:
         for b in range(B):
             _gather_row(inp, tgt, X, Y, index, start, b)
+
+
+@njit(cache=True)
+def copy(dst, src):
+    """dst[:] = src for flat arrays, as a loop (slice assignment compiles far slower)."""
+    for i in range(src.shape[0]):
+        dst[i] = src[i]
 
 
 @njit(cache=True)
@@ -673,7 +683,9 @@ def _batch_gradients_layers(grads, params, X, Y, SW, index, start, stop, layout,
         loss_backward(logits, logits, tgt, loss)
         if SW.shape[0] > 0:
             for b in range(B):
-                logits[b, :] *= SW[index[start + b]] * B / wsum
+                f = SW[index[start + b]] * B / wsum
+                for o in range(logits.shape[1]):
+                    logits[b, o] *= f
         network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, use_blas)
     return value
 
@@ -854,9 +866,8 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Y, SW, order, lrs, l
     t = step[0]
     for e in range(E):
         lr = lrs[e]
-        backup[:P] = params
-        if state.shape[0] > 0:
-            backup[P:] = state
+        copy(backup[:P], params)
+        copy(backup[P:], state)
         t0 = t
         index = order[e % order.shape[0]]
         total = 0.0
@@ -885,8 +896,8 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Y, SW, order, lrs, l
         if ok:
             ok = all_finite(params)
         if not ok:
-            params[:] = backup[:P]
-            state[:] = backup[P:]
+            copy(params, backup[:P])
+            copy(state, backup[P:])
             step[0] = t0
             return e
         epoch_loss[e] = total / N
@@ -909,7 +920,8 @@ def evaluate(out, row_loss, params, X, Y, layout, acts, use_blas, loss, inp_buf,
         B = min(chunk, N - start)
         inp = inp_buf[:B * C0].reshape((B, C0))
         for b in range(B):
-            inp[b, :] = X[start + b, :]
+            for c in range(C0):
+                inp[b, c] = X[start + b, c]
         network_forward(act_buf, params, inp, layout, acts, use_blas)
         logits = activation_view(act_buf, layout, B, L - 1)
         if with_loss:
