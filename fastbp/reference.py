@@ -157,6 +157,31 @@ def sgd_step(params, grads, velocities, lr, momentum=0.0, nesterov=False, weight
         p -= lr * g
 
 
+def adam_step(params, grads, ms, vs, t, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+              decoupled=False, eps_inside=False):
+    """torch.optim.Adam (decoupled=False) / AdamW (True) step t (1, 2, ...) over lists of arrays,
+    in place; eps_inside puts eps where scikit-learn's Adam does."""
+    b1, b2 = betas
+    for p, g, m, v in zip(params, grads, ms, vs):
+        if decoupled:
+            p *= 1 - lr * weight_decay
+        elif weight_decay:
+            g = g + weight_decay * p
+        m += (1 - b1) * (g - m)
+        v *= b2
+        v += (1 - b2) * g * g
+        root = np.sqrt(1 - b2 ** t)
+        denom = (np.sqrt(v) + eps) / root if eps_inside else np.sqrt(v) / root + eps
+        p -= lr / (1 - b1 ** t) * m / denom
+
+
+def l2_penalty(grads, Ws, coef):
+    """scikit-learn's alpha term: grads[i] += coef * W[i] in place; returns 0.5 coef sum W^2."""
+    for g, W in zip(grads, Ws):
+        g += coef * W
+    return 0.5 * coef * sum(float(np.sum(W * W)) for W in Ws)
+
+
 class MLP:
     """A plain NumPy network with the fit semantics of ``fastbp.Network``."""
 

@@ -49,8 +49,7 @@ FIT_BODY = """
     rng = np.random.default_rng(0)
     X = rng.standard_normal((103, 6))
     y = {y}
-    kw = dict(epochs=4, lr=0.1, batch_size={batch}, momentum=0.9, nesterov=True,
-              weight_decay=0.01, shuffle=True)
+    kw = dict(epochs=4, batch_size={batch}, shuffle=True, {opt})
     net = fastbp.Network([6, 9, 7, {out}], activation="tanh", loss="{loss}", seed=1,
                          dtype=np.float64)
     hist = net.fit(X, y, comm=comm, **kw)
@@ -65,12 +64,17 @@ FIT_BODY = """
 """
 
 
-@pytest.mark.parametrize("loss,batch", [("cross_entropy", 16), ("mse", 25), ("bce", None)])
-def test_two_ranks_match_one_process_and_each_other(tmp_path, loss, batch):
+SGD = "lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01"
+ADAMW = "optimizer='adamw', lr=0.01, schedule='cosine'"
+
+
+@pytest.mark.parametrize("loss,batch,opt", [("cross_entropy", 16, SGD), ("mse", 25, SGD),
+                                            ("bce", None, SGD), ("cross_entropy", 16, ADAMW)])
+def test_two_ranks_match_one_process_and_each_other(tmp_path, loss, batch, opt):
     y, out = {"cross_entropy": ("rng.integers(0, 3, 103)", 3),
               "mse": ("rng.standard_normal((103, 2))", 2),
               "bce": ("rng.integers(0, 2, 103)", 1)}[loss]
-    run = mpirun(tmp_path, 2, FIT_BODY.format(y=y, batch=batch, out=out, loss=loss))
+    run = mpirun(tmp_path, 2, FIT_BODY.format(y=y, batch=batch, out=out, loss=loss, opt=opt))
     assert run.returncode == 0, run.stderr
     single = np.load(tmp_path / "single.npy")
     ranks = [np.load(tmp_path / f"params_{r}.npy") for r in range(2)]
@@ -171,3 +175,17 @@ def test_ranks_on_one_node_share_its_cores(tmp_path):
     for rank in range(2):
         threads, cores = np.load(tmp_path / f"threads_{rank}.npy")
         assert threads == max(1, cores // 2)
+
+
+def test_what_the_mpi_path_does_not_do_yet_is_refused_on_every_rank(tmp_path):
+    run = mpirun(tmp_path, 2, """
+        try:
+            fastbp.Network([3, 4, 2], seed=0).fit(np.ones((8, 3)), np.zeros(8, int), comm=comm,
+                                                  callbacks=[print], validation_split=0.25)
+        except ValueError as exc:
+            open(f"{out}/err_{comm.rank}.txt", "w").write(str(exc))
+    """)
+    assert run.returncode == 0, run.stderr
+    for r in range(2):
+        text = (tmp_path / f"err_{r}.txt").read_text()
+        assert "does not support" in text and "callbacks" in text and "validation" in text

@@ -258,3 +258,42 @@ def test_sgd_update_matches_reference(momentum, nesterov, weight_decay, dtype, s
         K.sgd_update(p, v, g, t(0.1), t(momentum), nesterov, t(weight_decay))
         ref.sgd_step([p_ref], [g.astype(np.float64)], [v_ref], 0.1, momentum, nesterov, weight_decay)
     assert rel_err(p, p_ref) < TOL[dtype] * 10
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("opt,weight_decay,eps_inside",
+                         [(K.OPT_ADAM, 0.0, False), (K.OPT_ADAM, 0.1, False),
+                          (K.OPT_ADAMW, 0.1, False), (K.OPT_ADAM, 0.0, True)])
+@pytest.mark.parametrize("size", SIZES)
+def test_adam_update_matches_reference(opt, weight_decay, eps_inside, dtype, size):
+    P = 40 if size == "small" else 50000
+    p = rand(P, dtype, 10)
+    state = np.zeros(2 * P, dtype)
+    p_ref, m_ref, v_ref = p.astype(np.float64), np.zeros(P), np.zeros(P)
+    hyper = np.zeros(K.N_HYPER, dtype)
+    hyper[K.H_BETA1], hyper[K.H_BETA2], hyper[K.H_EPS] = 0.8, 0.99, 1e-3
+    hyper[K.H_WEIGHT_DECAY], hyper[K.H_EPS_INSIDE] = weight_decay, eps_inside
+    for t in range(1, 4):
+        g = rand(P, dtype, 11 + t)
+        K.optimizer_update(p, state, g, opt, np.dtype(dtype).type(0.01), hyper, t)
+        ref.adam_step([p_ref], [g.astype(np.float64)], [m_ref], [v_ref], t, 0.01, (0.8, 0.99),
+                      1e-3, weight_decay, decoupled=opt == K.OPT_ADAMW, eps_inside=eps_inside)
+    assert rel_err(p, p_ref) < TOL[dtype] * 10
+    assert rel_err(state[:P], m_ref) < TOL[dtype] * 10
+    assert rel_err(state[P:], v_ref) < TOL[dtype] * 10
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_l2_penalty_matches_reference(dtype):
+    net_layout = np.array([[3, 4, 0, 12], [4, 2, 16, 24]], dtype=np.int64)  # [W0, b0, W1, b1]
+    params, grads = rand(26, dtype, 1), rand(26, dtype, 2)
+    Ws = [params[0:12].reshape(3, 4).astype(np.float64), params[16:24].reshape(4, 2).astype(np.float64)]
+    gW = [grads[0:12].reshape(3, 4).astype(np.float64), grads[16:24].reshape(4, 2).astype(np.float64)]
+    g_before = grads.copy()
+    value = K.l2_penalty(grads, params, net_layout, 0.3)
+    want = ref.l2_penalty(gW, Ws, 0.3)
+    assert rel_err(value, want) < TOL[dtype]
+    assert rel_err(grads[0:12], gW[0].ravel()) < TOL[dtype]
+    assert rel_err(grads[16:24], gW[1].ravel()) < TOL[dtype]
+    assert np.array_equal(grads[12:16], g_before[12:16])  # biases are not penalised
+    assert np.array_equal(grads[24:], g_before[24:])
