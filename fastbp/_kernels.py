@@ -49,7 +49,8 @@ H_EPS = 2
 H_WEIGHT_DECAY = 3
 H_NESTEROV = 4
 H_EPS_INSIDE = 5  # Adam: 1 adds eps before the bias correction of sqrt(v), as scikit-learn
-N_HYPER = 6
+H_UPDATE_VELOCITY = 6  # SGD: 1 keeps a velocity of updates (scikit-learn), 0 of gradients (torch)
+N_HYPER = 7
 
 BIAS_BLOCK = 64  # output features per dbias task: one writer per element, rows summed in order
 UPDATE_CHUNK = 4096  # parameters per optimiser task
@@ -408,7 +409,7 @@ def output_forward(out, logits, loss):
 
 
 @njit(cache=True)
-def _sgd_chunk(params, velocity, grads, lr, momentum, nesterov, weight_decay, k):
+def _sgd_chunk(params, velocity, grads, lr, momentum, nesterov, weight_decay, update_velocity, k):
     """Elements [k * UPDATE_CHUNK, (k + 1) * UPDATE_CHUNK) of the update. One loop per case, so
     each body is branch-free, and loops over views from index 0, which Numba compiles without
     negative-index checks: both needed for the loop to vectorise (5x faster, measured)."""
@@ -426,6 +427,13 @@ def _sgd_chunk(params, velocity, grads, lr, momentum, nesterov, weight_decay, k)
                 p[i] -= lr * (g[i] + weight_decay * p[i])
         return
     v = velocity[i0:i1]
+    if update_velocity:
+        for i in range(n):
+            gi = g[i] + weight_decay * p[i] if weight_decay != 0 else g[i]
+            ui = momentum * v[i] - lr * gi
+            v[i] = ui
+            p[i] += momentum * ui - lr * gi if nesterov else ui
+        return
     for i in range(n):
         gi = g[i] + weight_decay * p[i] if weight_decay != 0 else g[i]
         vi = momentum * v[i] + gi
@@ -434,22 +442,27 @@ def _sgd_chunk(params, velocity, grads, lr, momentum, nesterov, weight_decay, k)
 
 
 @njit(parallel=True, cache=True)
-def sgd_update(params, velocity, grads, lr, momentum, nesterov, weight_decay):
+def sgd_update(params, velocity, grads, lr, momentum, nesterov, weight_decay,
+               update_velocity=False):
     """One ``torch.optim.SGD`` step over the flat buffers params, velocity, grads (P,), in place.
 
     g = grad + weight_decay * p; v = momentum * v + g; g = g + momentum * v (Nesterov) or v;
     p -= lr * g. The velocity starts at zero, which makes the first step's v = g, as in PyTorch.
-    Elementwise, so chunks of the buffer go to threads with nothing shared.
+    update_velocity=True is scikit-learn's form, a velocity of updates: u = momentum * u - lr * g;
+    p += momentum * u - lr * g (Nesterov) or u. The two agree while lr is constant; when lr
+    changes, torch's applies the new rate to the whole velocity, scikit-learn's to the new
+    gradient only. Elementwise, so chunks of the buffer go to threads with nothing shared.
     """
     P = params.shape[0]
     chunks = (P + UPDATE_CHUNK - 1) // UPDATE_CHUNK
     if _parallel(P):
         for k in prange(chunks):
             _sgd_chunk(params, velocity, grads, lr, momentum, nesterov, weight_decay,
-                       np.int64(k))
+                       update_velocity, np.int64(k))
     else:
         for k in range(chunks):
-            _sgd_chunk(params, velocity, grads, lr, momentum, nesterov, weight_decay, k)
+            _sgd_chunk(params, velocity, grads, lr, momentum, nesterov, weight_decay,
+                       update_velocity, k)
 
 
 @njit(cache=True)
@@ -508,12 +521,13 @@ def optimizer_update(params, state, grads, opt, lr, hyper, t):
 
     state: SGD's velocity (P,), or (0,) without momentum; Adam's and AdamW's m then v (2P,).
     hyper (in the parameters' dtype): H_MOMENTUM or H_BETA1, H_BETA2, H_EPS, H_WEIGHT_DECAY,
-    H_NESTEROV (1 or 0), H_EPS_INSIDE (1 or 0). lr is a scalar of the parameters' dtype.
+    H_NESTEROV, H_EPS_INSIDE, H_UPDATE_VELOCITY (1 or 0 each). lr: a scalar of the parameters'
+    dtype.
     """
     P = params.shape[0]
     if opt == OPT_SGD:
         sgd_update(params, state, grads, lr, hyper[H_MOMENTUM], hyper[H_NESTEROV] != 0,
-                   hyper[H_WEIGHT_DECAY])
+                   hyper[H_WEIGHT_DECAY], hyper[H_UPDATE_VELOCITY] != 0)
         return
     c = np.zeros(5, params.dtype)  # torch computes these in double, then uses them per element
     beta1 = np.float64(hyper[H_BETA1])
@@ -814,8 +828,10 @@ def batch_gradients(grads, params, X, Y, SW, index, start, stop, layout, acts, u
     """grads (P,) = the gradient of the mean loss over the rows index[start:stop] of X (N, C_0),
     Y (N, T); returns that mean loss. After a non-finite loss grads are not to be used.
 
-    SW (N,): sample weights (the weighted mean, as scikit-learn), or (0,) for none. l2 > 0 adds
-    scikit-learn's penalty 0.5 * l2 * sum(W^2) / (sum of the batch's weights), biases excluded.
+    SW (N,): sample weights (the weighted mean, as scikit-learn), or (0,) for none. l2 (2,):
+    scikit-learn's alpha penalty, biases excluded: l2[0] * W / (sum of the batch's weights) is
+    added to the weight gradients and 0.5 * l2[1] * sum(W^2) / (that sum) to the loss (the two
+    differ only where the loss is reported in other units than its gradient); zeros for none.
     Networks with a layer large enough for BLAS go through the per-layer kernels (the batch
     gathered into inp_buf / tgt_buf; act_buf, delta_buf and row_loss workspaces for at least
     stop - start rows); networks too small for BLAS through one fused loop.
@@ -833,10 +849,10 @@ def batch_gradients(grads, params, X, Y, SW, index, start, stop, layout, acts, u
 @njit(cache=True)
 def _with_l2(value, grads, params, layout, SW, index, start, stop, l2):
     """value plus scikit-learn's L2 penalty, its gradient added to grads (see batch_gradients)."""
-    if l2 == 0 or not np.isfinite(value):
+    if l2[0] == 0 or not np.isfinite(value):
         return value
     wsum = _weight_sum(SW, index, start, stop) if SW.shape[0] > 0 else np.float64(stop - start)
-    return value + l2_penalty(grads, params, layout, l2 / wsum)
+    return value + l2_penalty(grads, params, layout, l2[0] / wsum) * (l2[1] / l2[0])
 
 
 @njit(cache=True)
@@ -863,6 +879,7 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Y, SW, order, lrs, l
     momentum = hyper[H_MOMENTUM]
     nesterov = hyper[H_NESTEROV] != 0
     wd = hyper[H_WEIGHT_DECAY]
+    update_velocity = hyper[H_UPDATE_VELOCITY] != 0
     t = step[0]
     for e in range(E):
         lr = lrs[e]
@@ -882,7 +899,7 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Y, SW, order, lrs, l
                 value = _batch_gradients_layers(grads, params, X, Y, SW, index, start, stop,
                                                 layout, acts, use_blas, loss, inp_buf, tgt_buf,
                                                 act_buf, delta_buf, row_loss)
-            if l2 != 0:
+            if l2[0] != 0:
                 value = _with_l2(value, grads, params, layout, SW, index, start, stop, l2)
             if not np.isfinite(value):
                 ok = False
@@ -890,7 +907,7 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Y, SW, order, lrs, l
             total += value * (stop - start)
             t += 1
             if opt == OPT_SGD:
-                sgd_update(params, state, grads, lr, momentum, nesterov, wd)
+                sgd_update(params, state, grads, lr, momentum, nesterov, wd, update_velocity)
             else:
                 optimizer_update(params, state, grads, opt, lr, hyper, t)
         if ok:

@@ -179,7 +179,7 @@ def fit_distributed(net, comm, sharded, X, y, **kwargs):
                     if b > 0:
                         value = K.batch_gradients(grads, net._params, plan.X, plan.Y, plan.SW,
                                                   index, start, stop, net._layout, net._acts,
-                                                  plan.use_blas, net._loss.code, 0.0,
+                                                  plan.use_blas, net._loss.code, plan.l2,
                                                   *plan.workspaces)
                         # Sums, not means, travel: the global mean is the total over all rows.
                         np.multiply(grads, b, out=buf[:P])

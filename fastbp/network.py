@@ -371,6 +371,9 @@ class Network:
         net._targets_1d = bool(meta["targets_1d"])
         net._shuffle_rng.bit_generator.state = meta["shuffle_state"]
         if meta.get("train"):
-            net._train = training.TrainState.from_meta(meta["train"], arrays["opt_state"],
-                                                       arrays.get("best_params"))
+            try:
+                net._train = training.TrainState.from_meta(meta["train"], arrays["opt_state"],
+                                                           arrays.get("best_params"), net.n_params)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"{path!r} has an unreadable training state: {exc}") from None
         return net

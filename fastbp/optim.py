@@ -55,15 +55,21 @@ class Optimizer:
 
 class SGD(Optimizer):
     """``torch.optim.SGD`` (no dampening): g = grad + weight_decay * p; v = momentum * v + g;
-    g = g + momentum * v if nesterov else v; p -= lr * g."""
+    g = g + momentum * v if nesterov else v; p -= lr * g.
+
+    update_velocity=True keeps scikit-learn's velocity of updates instead, u = momentum * u -
+    lr * g, p += u (Nesterov: momentum * u - lr * g): the same steps at a constant rate, different
+    ones once a schedule changes the rate."""
 
     code = K.OPT_SGD
     name = "sgd"
 
-    def __init__(self, lr=0.05, momentum=0.0, nesterov=False, weight_decay=0.0):
+    def __init__(self, lr=0.05, momentum=0.0, nesterov=False, weight_decay=0.0,
+                 update_velocity=False):
         super().__init__(lr, weight_decay)
         self.momentum = check.real(momentum, "momentum", 0.0)
         self.nesterov = check.boolean(nesterov, "nesterov")
+        self.update_velocity = check.boolean(update_velocity, "update_velocity")
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
 
@@ -73,9 +79,11 @@ class SGD(Optimizer):
     def _fill(self, h):
         h[K.H_MOMENTUM] = self.momentum
         h[K.H_NESTEROV] = self.nesterov
+        h[K.H_UPDATE_VELOCITY] = self.update_velocity
 
     def _extra(self):
-        return dict(momentum=self.momentum, nesterov=self.nesterov)
+        return dict(momentum=self.momentum, nesterov=self.nesterov,
+                    update_velocity=self.update_velocity)
 
 
 class Adam(Optimizer):

@@ -4,15 +4,10 @@ MLPClassifier`` (likewise ``MLPRegressor``) and keep the rest of the code.
 
 Same parameters, meanings and fitted attributes as scikit-learn's, for the stochastic solvers
 'sgd' and 'adam' (not 'lbfgs'). The same random_state gives the same initial weights, the same
-early-stopping split and the same epoch orders as scikit-learn; the arithmetic is fastbp's (float32
-data trains in float32, like scikit-learn). Known differences, all small:
-- solver='adam' runs fastbp's Adam kernel with eps_inside=True, which is scikit-learn's placement
-  of eps.
-- momentum SGD follows ``torch.optim.SGD``; with a changing rate (invscaling, adaptive) the
-  velocity is of gradients, not of updates, so old steps are not rescaled when the rate drops.
-- MLPRegressor with several targets reports loss_curve_ as 0.5 * (sum of squared errors over the
-  targets), averaged over samples: the loss whose gradient both libraries follow; scikit-learn
-  reports that divided by the number of targets.
+early-stopping split and the same epoch orders as scikit-learn, and the updates are scikit-learn's
+(its momentum form, its Adam eps placement, its alpha penalty on weights only), so the weights
+after training agree with scikit-learn's to rounding; the arithmetic is fastbp's compiled kernels
+(float32 data trains in float32, like scikit-learn).
 
 Needs scikit-learn (``pip install fastbp[sklearn]``); ``import fastbp`` does not import it.
 """
@@ -180,6 +175,11 @@ class _BaseMLP(BaseEstimator):
         (SGD), eps (Adam) and alpha are rescaled by it so the updates are scikit-learn's."""
         return 1.0
 
+    def _report(self):
+        """scikit-learn's reported loss / fastbp's: s, except where scikit-learn reports another
+        loss than the one it differentiates (several regression targets)."""
+        return self._scale()
+
     def _fit_stochastic(self, X, Y, sample_weight, rs, incremental):
         if self.early_stopping:
             stratify = Y if is_classifier(self) and self.n_outputs_ == 1 else None
@@ -205,8 +205,10 @@ class _BaseMLP(BaseEstimator):
 
         s = self._scale()
         if self.solver == "sgd":
-            opt = dict(optimizer="sgd", lr=self.learning_rate_init * s, momentum=self.momentum,
-                       nesterov=bool(self.nesterovs_momentum and self.momentum > 0))
+            opt = dict(optimizer=optim.SGD(
+                self.learning_rate_init * s, momentum=self.momentum,
+                nesterov=bool(self.nesterovs_momentum and self.momentum > 0),
+                update_velocity=True))
             sched = {"constant": None, "invscaling": schedules.InvScaling(self.power_t),
                      "adaptive": schedules.Adaptive(min_lr=1e-6 * s)}[self.learning_rate]
         else:
@@ -218,7 +220,7 @@ class _BaseMLP(BaseEstimator):
         net = self._net
         plan = Plan(net, X_train, self._targets(Y_train), epochs=1, batch_size=batch,
                     schedule=sched, shuffle=self.shuffle, sample_weight=sw_train,
-                    l2=self.alpha / s, resume=bool(resume), **opt)
+                    l2=(self.alpha / s, self.alpha / self._report()), resume=bool(resume), **opt)
         plan.allocate(plan.batch)
         net._targets_1d = plan.one_d
         net._train = plan.state
@@ -235,7 +237,7 @@ class _BaseMLP(BaseEstimator):
                         break
                     self.n_iter_ += 1
                     self.t_ += n
-                    self.loss_ = float(losses[0]) * s
+                    self.loss_ = float(losses[0]) * self._report()
                     self.loss_curve_.append(self.loss_)
                     if self.verbose:
                         print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
@@ -420,6 +422,10 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _scale(self):
         # 0.5 * sum over outputs of the squared error = (n_outputs / 2) x fastbp's mean
         return self.n_outputs_ / 2.0
+
+    def _report(self):
+        # scikit-learn reports half the mean over samples and outputs: 1/2 x fastbp's
+        return 0.5
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True,

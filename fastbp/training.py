@@ -102,12 +102,16 @@ class TrainState:
                     best=None if self.best is None else self.best[:2])
 
     @classmethod
-    def from_meta(cls, meta, opt_state, best_params):
+    def from_meta(cls, meta, opt_state, best_params, n_params):
         oc = dict(meta["optimizer"])
         kind = _optim.OPTIMIZERS[oc.pop("name")]
         if "betas" in oc:
             oc["betas"] = tuple(oc["betas"])
         opt = kind(**oc)
+        if opt_state.size != opt.state_size(n_params) or (best_params is not None
+                                                          and best_params.size != n_params):
+            raise ValueError(f"the training state holds {opt_state.size} optimiser values for "
+                             f"{n_params} parameters; the file is corrupt")
         opt.state, opt.step = opt_state, int(meta["step"])
         st = cls(opt, _schedules.from_config(meta["schedule"], meta["schedule_state"]),
                  meta["batch_size"], meta["shuffle"])
@@ -142,7 +146,9 @@ class Plan:
         self.log_every = check.integer(log_every, "log_every", 0)
         self.progress = check.boolean(progress, "progress")
         self.resume = check.boolean(resume, "resume")
-        self.l2 = check.real(l2, "alpha", 0.0)
+        # scikit-learn's alpha (the estimators set it): (gradient, loss) coefficients
+        l2 = (l2, l2) if np.ndim(l2) == 0 else l2
+        self.l2 = np.array([check.real(v, "alpha", 0.0) for v in l2], dtype=np.float64)
         opt = self._optimizer(optimizer, lr, momentum, nesterov, weight_decay, betas, eps)
         sched = _schedules.make(schedule)
         self.callbacks = list(callbacks or ())

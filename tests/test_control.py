@@ -349,3 +349,11 @@ def test_streamed_nan_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"X\[0:50\] contains NaN"):
         net.fit(mm, y, epochs=1)
     assert np.array_equal(before, net._params)
+
+
+def test_import_fastbp_imports_no_optional_dependency():
+    code = ("import sys, fastbp; "
+            "print(sorted(m for m in ('sklearn', 'matplotlib', 'tqdm', 'pandas', 'torch', "
+            "'mpi4py', 'threadpoolctl') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

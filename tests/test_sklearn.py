@@ -36,9 +36,9 @@ def max_diff(a, b):
 
 
 SOLVERS = [dict(solver="sgd", momentum=0.0), dict(solver="sgd", momentum=0.9),
-           # momentum with a changing rate is the one documented difference (fastbp.sklearn)
-           dict(solver="sgd", learning_rate="invscaling", learning_rate_init=0.1, momentum=0.0),
-           dict(solver="sgd", learning_rate="adaptive", momentum=0.0),
+           dict(solver="sgd", learning_rate="invscaling", learning_rate_init=0.1, momentum=0.9),
+           dict(solver="sgd", learning_rate="adaptive", momentum=0.9, tol=0.5, n_iter_no_change=1,
+                nesterovs_momentum=False),
            dict(solver="adam"), dict(solver="adam", early_stopping=True, alpha=0.01),
            dict(solver="adam", batch_size=64, shuffle=False, activation="logistic")]
 
@@ -51,6 +51,8 @@ def test_classifier_follows_scikit_learn_step_for_step(kw):
     theirs = sk.MLPClassifier((32,), random_state=0, max_iter=6, **kw).fit(X, y)
     assert max_diff([ours.loss_curve_], [theirs.loss_curve_]) < 1e-10
     assert max_diff(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_) < 1e-10
+    if kw.get("learning_rate") == "adaptive":  # the case exercises at least one reduction
+        assert theirs._optimizer.learning_rate < theirs.learning_rate_init
     if kw.get("early_stopping"):
         assert max_diff([ours.validation_scores_], [theirs.validation_scores_]) < 1e-12
 
@@ -65,10 +67,11 @@ def test_multilabel_and_multi_target_follow_scikit_learn(solver):
     assert np.array_equal(ours.predict(X), theirs.predict(X))
     Xr, Yr = make_regression(200, 10, n_targets=3, random_state=0)
     for y in (Yr[:, 0] / 100, Yr / 100):
-        kw = dict(hidden_layer_sizes=(16,), solver=solver, learning_rate_init=0.01,
+        kw = dict(hidden_layer_sizes=(16,), solver=solver, learning_rate_init=0.01, alpha=0.1,
                   random_state=0, max_iter=5)
         ours, theirs = MLPRegressor(**kw).fit(Xr, y), sk.MLPRegressor(**kw).fit(Xr, y)
         assert max_diff(ours.coefs_, theirs.coefs_) < 1e-10
+        assert max_diff([ours.loss_curve_], [theirs.loss_curve_]) < 1e-10
         assert np.allclose(ours.predict(Xr), theirs.predict(Xr), rtol=1e-9, atol=1e-12)
 
 

@@ -300,7 +300,7 @@ def test_fused_small_loop_matches_the_per_layer_kernels(loss, act, dtype, weight
     for start, stop in ((0, 4), (4, 8), (8, 11)):
         v_fused = K.batch_gradients(fused, net._params, plan.X, plan.Y, plan.SW, index, start,
                                     stop, net._layout, net._acts, plan.use_blas, net._loss.code,
-                                    0.0, *plan.workspaces)
+                                    np.zeros(2), *plan.workspaces)
         v_layers = K._batch_gradients_layers(layers, net._params, plan.X, plan.Y, plan.SW, index,
                                              start, stop, net._layout, net._acts, plan.use_blas,
                                              net._loss.code, *plan.workspaces)

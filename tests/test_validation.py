@@ -226,6 +226,26 @@ def test_truncated_file_is_refused(tmp_path):
         fastbp.Network.load(path)
 
 
+def test_a_checkpoint_with_a_mismatched_training_state_is_refused(tmp_path):
+    import json
+    path = tmp_path / "model.npz"
+    net = fastbp.Network([4, 6, 3], seed=0)
+    net.fit(GOOD_X, GOOD_Y, epochs=1, optimizer="adam")
+    net.save(path)
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["opt_state"] = arrays["opt_state"][:-1]
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match="unreadable training state.*corrupt"):
+        fastbp.Network.load(path)
+    meta = json.loads(str(arrays["meta"][()]))
+    meta["train"]["optimizer"]["name"] = "lbfgs"
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match="unreadable training state"):
+        fastbp.Network.load(path)
+
+
 def test_foreign_files_are_refused(tmp_path):
     other = tmp_path / "other.npz"
     np.savez(other, weights=np.ones(3))
