@@ -20,7 +20,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
-from sklearn.utils import check_random_state, shuffle as sk_shuffle
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
 from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
@@ -230,7 +230,11 @@ class _BaseMLP(BaseEstimator):
             with _threads.compute(plan.use_blas.any()):
                 for _ in range(1 if incremental else self.max_iter):
                     if self.shuffle:
-                        sample_idx = sk_shuffle(sample_idx, random_state=rs)
+                        # = sklearn.utils.shuffle(sample_idx, random_state=rs), draw for draw,
+                        # without its argument validation (0.4 ms an epoch, measured)
+                        perm = np.arange(n)
+                        rs.shuffle(perm)
+                        sample_idx = sample_idx[perm]
                     losses, _ = plan.run(1, sample_idx[None, :])
                     if len(losses) == 0:  # diverged: fastbp restored the epoch's start
                         net._params[:] = np.nan  # scikit-learn's outcome: refused just below
