@@ -205,12 +205,8 @@ def fit_distributed(net, comm, sharded, X, y, **kwargs):
                     opt.state[:] = plan.backup[P:]
                     opt.step = step0
                     _diverged(history, plan)
-                history.loss.append(total / n_total)
-                history.lr.append(float(lr))
-                st.epoch += 1
-                st.samples += n_total
-                if plan.log_every and dist.rank == 0 and st.epoch % plan.log_every == 0:
-                    print(f"epoch {st.epoch}  loss {history.loss[-1]:.4f}")
+                plan.advance(1, n_total)
+                plan.record(history, [total / n_total], [lr], log=dist.rank == 0)
     finally:
         numba.set_num_threads(user_threads)
     history.comm = dict(ranks=dist.size, threads_per_rank=budget, steps=dist.allreduce_calls,

@@ -39,15 +39,6 @@ class Optimizer:
         """The hyper-parameters as plain values: what resuming must match, and what is saved."""
         return dict(name=self.name, lr=self.lr, weight_decay=self.weight_decay, **self._extra())
 
-    def step_once(self, params, grads):
-        """One update of params (P,) in place from grads (P,), as ``torch.optim`` ``step()``."""
-        if self.state is None:
-            self.init_state(params.size, params.dtype)
-        self.step += 1
-        lr = params.dtype.type(self.lr)
-        K.optimizer_update(params, self.state, grads, self.code, lr, self.hyper(params.dtype),
-                           self.step)
-
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
         return f"{type(self).__name__}({args})"
@@ -136,10 +127,7 @@ OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 
 
 def make(optimizer, lr, momentum, nesterov, weight_decay, betas, eps):
-    """An optimiser from ``fit``'s arguments: a name in OPTIMIZERS, or an Optimizer (used as is,
-    its state included; then the other arguments must be left at their defaults)."""
-    if isinstance(optimizer, Optimizer):
-        return optimizer
+    """An optimiser from ``fit``'s arguments, ``optimizer`` being a name in OPTIMIZERS."""
     check.choice(optimizer, "optimizer", OPTIMIZERS)
     if optimizer == "sgd":
         return SGD(lr, momentum=momentum, nesterov=nesterov,

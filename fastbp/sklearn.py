@@ -295,7 +295,10 @@ class _BaseMLP(BaseEstimator):
     def _forward(self, X):
         """The output activation (probabilities, or the regression outputs), (n, n_outputs_)."""
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=(np.float64, np.float32), reset=False)
+        return self._outputs(validate_data(self, X, dtype=(np.float64, np.float32), reset=False))
+
+    def _outputs(self, X):
+        """_forward for X already validated (the early-stopping split)."""
         out, _ = self._net._evaluate(np.ascontiguousarray(X, dtype=self._net.dtype))
         return out
 
@@ -350,7 +353,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return accuracy_score(y, self._predict_validated(X), sample_weight=sample_weight)
 
     def _predict_validated(self, X):
-        out, _ = self._net._evaluate(np.ascontiguousarray(X, dtype=self._net.dtype))
+        out = self._outputs(X)
         if self.n_outputs_ == 1:
             out = out.ravel()
         return self._label_binarizer.inverse_transform(out)
@@ -446,7 +449,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return Y[:, 0] if Y.shape[1] == 1 else Y
 
     def _score(self, X, y, sample_weight=None):
-        out, _ = self._net._evaluate(np.ascontiguousarray(X, dtype=self._net.dtype))
+        out = self._outputs(X)
         pred = out[:, 0] if out.shape[1] == 1 else out
         if not np.isfinite(pred).all():
             return np.nan

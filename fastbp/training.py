@@ -298,9 +298,22 @@ class Plan:
                                   self.backup)
             losses = losses[:done]
         st.optimizer.step = int(step[0])
-        st.epoch += len(losses)
-        st.samples += len(losses) * self.n
+        self.advance(len(losses), self.n)
         return losses, lrs[:len(losses)]
+
+    def advance(self, epochs, n):
+        """Count ``epochs`` finished epochs of ``n`` samples each in the carried state."""
+        self.state.epoch += epochs
+        self.state.samples += epochs * n
+
+    def record(self, history, losses, lrs, log=True):
+        """Append finished epochs to history (one call each: at XOR size a per-epoch Python loop
+        costs a third of the epoch); print the loss if the last of them is a logging epoch (runs
+        of epochs are cut to end on one)."""
+        history.loss.extend(np.asarray(losses, dtype=np.float64).tolist())
+        history.lr.extend(np.asarray(lrs, dtype=np.float64).tolist())
+        if log and self.log_every and self.state.epoch % self.log_every == 0:
+            print(f"epoch {self.state.epoch}  loss {history.loss[-1]:.4f}")
 
     def _run_streamed(self, lrs, step):
         """One epoch over the stream (lrs has one entry): chunks in a shuffled order, rows shuffled
@@ -359,10 +372,7 @@ def fit(net, X, y, **kwargs):
                 t0 = time.perf_counter()
                 losses, lrs = plan.run(count)
                 seconds = time.perf_counter() - t0
-                history.loss.extend(losses.tolist())  # one call: at XOR size a per-epoch
-                history.lr.extend(lrs.tolist())       # Python loop costs a third of the epoch
-                if plan.log_every and st.epoch % plan.log_every == 0:  # calls end on such epochs
-                    print(f"epoch {st.epoch}  loss {losses[-1]:.4f}")
+                plan.record(history, losses, lrs)
                 done += len(losses)
                 if len(losses) < count:
                     _diverged(history, plan)
