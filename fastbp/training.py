@@ -182,7 +182,7 @@ class Plan:
             except (TypeError, ValueError):
                 raise TypeError("validation_data must be a pair (X_val, y_val)") from None
             Xv, Yv, _ = net._XY(Xv, yv)
-            self.val = (net._X(Xv), Yv)
+            self.val = (Xv, Yv)
         elif validation_split:
             if self.streamed:
                 raise ValueError("validation_split needs X in memory; pass validation_data "
