@@ -882,13 +882,8 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Y, SW, order, lrs, l
     P = params.shape[0]
     E = epoch_loss.shape[0]
     fused = not use_blas.any()
-    momentum = hyper[H_MOMENTUM]
-    nesterov = hyper[H_NESTEROV] != 0
-    wd = hyper[H_WEIGHT_DECAY]
-    update_velocity = hyper[H_UPDATE_VELOCITY] != 0
     t = step[0]
     for e in range(E):
-        lr = lrs[e]
         copy(backup[:P], params)
         copy(backup[P:], state)
         t0 = t
@@ -912,10 +907,7 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Y, SW, order, lrs, l
                 break
             total += value * (stop - start)
             t += 1
-            if opt == OPT_SGD:
-                sgd_update(params, state, grads, lr, momentum, nesterov, wd, update_velocity)
-            else:
-                optimizer_update(params, state, grads, opt, lr, hyper, t)
+            optimizer_update(params, state, grads, opt, lrs[e], hyper, t)
         if ok:
             ok = all_finite(params)
         if not ok:
