@@ -1,6 +1,7 @@
 """fastbp: dense neural networks trained by backpropagation in compiled (Numba) kernels."""
 from . import optim, schedules
-from .network import DivergenceError, History, Network
+from .network import Network
+from .training import DivergenceError, History
 from .optim import SGD, Adam, AdamW
 
 __version__ = "0.2.0"

@@ -139,9 +139,7 @@ def fit_distributed(net, comm, sharded, X, y, **kwargs):
         batch = plan.batch
         n_steps = -(-n_total // batch)
         rows = -(-batch // dist.size)  # this rank's share of a batch, not the whole batch
-    plan.allocate(rows)
-    net._targets_1d = plan.one_d
-    net._train = st
+    plan.start(rows)
 
     # Every rank starts from rank 0's weights and shuffling state, as DDP does.
     comm.Bcast(net._params, root=0)

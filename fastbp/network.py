@@ -3,7 +3,6 @@ import io
 import json
 import os
 import tempfile
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -13,7 +12,6 @@ from . import _validate as check
 from .activations import ACTIVATIONS
 from .losses import LOSSES
 from . import training
-from .training import DivergenceError, History  # noqa: F401  (public names, re-exported)
 
 FORMAT = "fastbp-network"
 FORMAT_VERSION = 2  # 2 adds the training state (optimiser, schedule, epochs); 1 is still read

@@ -221,9 +221,7 @@ class _BaseMLP(BaseEstimator):
         plan = Plan(net, X_train, self._targets(Y_train), epochs=1, batch_size=batch,
                     schedule=sched, shuffle=self.shuffle, sample_weight=sw_train,
                     l2=(self.alpha / s, self.alpha / self._report()), resume=bool(resume), **opt)
-        plan.allocate(plan.batch)
-        net._targets_1d = plan.one_d
-        net._train = plan.state
+        plan.start(plan.batch)
         sched = plan.state.schedule
         sample_idx = np.arange(n)
         try:

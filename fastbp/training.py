@@ -230,9 +230,13 @@ class Plan:
                               or self.checkpoint or self.state.schedule.needs_loss
                               or self.streamed)
 
-    def allocate(self, rows):
-        """The workspaces for batches of up to ``rows`` rows."""
+    def start(self, rows):
+        """Allocate the workspaces for batches of up to ``rows`` rows and hand the run's state to
+        the network (``predict``'s output shape, ``resume`` and checkpoints read it from there).
+        Called once every check has passed."""
         net = self.net
+        net._targets_1d = self.one_d
+        net._train = self.state
         ws = net._workspaces(rows)
         self.use_blas = net._use_blas(rows)
         self.workspaces = (ws["inp_buf"], np.empty(rows * self.Y.shape[1], net.dtype),
@@ -353,9 +357,7 @@ class Plan:
 def fit(net, X, y, **kwargs):
     """``Network.fit``'s body (documented there)."""
     plan = Plan(net, X, y, **kwargs)
-    plan.allocate(plan.batch)
-    net._targets_1d = plan.one_d
-    net._train = plan.state
+    plan.start(plan.batch)
     st = plan.state
     history = History()
     bar = _progress_bar(plan) if plan.progress else None

@@ -2,7 +2,6 @@
 callbacks, progress, plots, sample weights, resume and checkpoints (atomic under SIGKILL), and
 streaming from a memmap."""
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -15,8 +14,8 @@ import pytest
 import fastbp
 from fastbp import schedules
 
-from conftest import make_data, out_width, rel_err
-from test_training import torch_steps
+from conftest import make_data, rel_err
+from test_training import TORCH_CASES, assert_fit_follows_torch, torch_steps
 
 
 # ----------------------------------------------------------------- Adam and AdamW
@@ -24,19 +23,13 @@ from test_training import torch_steps
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.05])
 @pytest.mark.parametrize("name", ["adam", "adamw"])
-@pytest.mark.parametrize("loss,act", [("cross_entropy", "relu"), ("mse", "tanh"),
-                                      ("bce", "sigmoid")])
+@pytest.mark.parametrize("loss,act", TORCH_CASES)
 def test_adam_trajectories_match_torch(loss, act, name, weight_decay, torch):
-    sizes = [5, 7, 6, out_width(loss)]
-    X, y = make_data(loss, 13, sizes[0], sizes[-1], seed=9)
-    net = fastbp.Network(sizes, activation=act, loss=loss, seed=4, dtype=np.float64)
     kind = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-    expected = torch_steps(net, X, y, lambda p: kind(p, lr=0.01, betas=(0.8, 0.99), eps=1e-6,
-                                                      weight_decay=weight_decay), 20, torch)
-    net.fit(X, y, epochs=20, optimizer=name, lr=0.01, betas=(0.8, 0.99), eps=1e-6,
-            weight_decay=weight_decay, shuffle=False)
-    for got, want in zip(net.weights + net.biases, expected):
-        assert rel_err(got, want) < 1e-9
+    assert_fit_follows_torch(
+        loss, act, lambda p: kind(p, lr=0.01, betas=(0.8, 0.99), eps=1e-6,
+                                  weight_decay=weight_decay), 20, torch,
+        optimizer=name, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=weight_decay)
 
 
 def test_adamw_default_weight_decay_is_torchs(torch):

@@ -126,19 +126,28 @@ def torch_steps(net, X, y, make_optimizer, steps, torch, lrs=None):
     return [t.detach().numpy() for t in params]
 
 
-@pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True)])
-@pytest.mark.parametrize("loss,act", [("cross_entropy", "relu"), ("mse", "tanh"),
-                                      ("bce", "sigmoid")])
-def test_five_sgd_steps_match_torch(loss, act, momentum, nesterov, torch):
+TORCH_CASES = [("cross_entropy", "relu"), ("mse", "tanh"), ("bce", "sigmoid")]
+
+
+def assert_fit_follows_torch(loss, act, make_optimizer, steps, torch, **fit_kwargs):
+    """A 5-7-6-K float64 network: ``steps`` full-batch epochs of fit(**fit_kwargs) end on the
+    parameters of ``steps`` torch optimiser steps, to 1e-9."""
     sizes = [5, 7, 6, out_width(loss)]
     X, y = make_data(loss, 13, sizes[0], sizes[-1], seed=9)
     net = fastbp.Network(sizes, activation=act, loss=loss, seed=4, dtype=np.float64)
-    expected = torch_steps(net, X, y, lambda p: torch.optim.SGD(
-        p, lr=0.2, momentum=momentum, nesterov=nesterov, weight_decay=0.01), 5, torch)
-    net.fit(X, y, epochs=5, lr=0.2, momentum=momentum, nesterov=nesterov, weight_decay=0.01,
-            shuffle=False)
+    expected = torch_steps(net, X, y, make_optimizer, steps, torch)
+    net.fit(X, y, epochs=steps, shuffle=False, **fit_kwargs)
     for got, want in zip(net.weights + net.biases, expected):
         assert rel_err(got, want) < 1e-9
+
+
+@pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True)])
+@pytest.mark.parametrize("loss,act", TORCH_CASES)
+def test_five_sgd_steps_match_torch(loss, act, momentum, nesterov, torch):
+    assert_fit_follows_torch(
+        loss, act, lambda p: torch.optim.SGD(p, lr=0.2, momentum=momentum, nesterov=nesterov,
+                                             weight_decay=0.01), 5, torch,
+        lr=0.2, momentum=momentum, nesterov=nesterov, weight_decay=0.01)
 
 
 # ----------------------------------------------------------------- reproducibility
@@ -293,7 +302,7 @@ def test_fused_small_loop_matches_the_per_layer_kernels(loss, act, dtype, weight
     net = fastbp.Network(sizes, activation=act, loss=loss, seed=6, dtype=dtype)
     sw = np.random.default_rng(3).uniform(0.1, 3.0, 11) if weighted else None
     plan = Plan(net, X, y, epochs=1, lr=0.1, batch_size=4, sample_weight=sw)
-    plan.allocate(plan.batch)
+    plan.start(plan.batch)
     assert not plan.use_blas.any()
     index = net._orders(11, 1)[0]
     fused, layers = np.empty_like(net._params), np.empty_like(net._params)

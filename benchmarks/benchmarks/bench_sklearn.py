@@ -2,8 +2,6 @@
 scikit-learn): the same hyper-parameters and random_state, so both run the same epochs."""
 import warnings
 
-import numpy as np
-
 
 class DigitsMLPClassifier:
     """hidden (64,), 1344 training images, 5 epochs per fit; time per fit and final accuracy."""
