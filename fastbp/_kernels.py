@@ -23,6 +23,10 @@ for any number of Numba threads. BLAS (``np.dot`` with ``out``) is only ever cal
 import numpy as np
 from numba import njit, prange
 
+from . import _threads
+
+_threads.start_pool()  # before any cached kernel runs: see _threads.start_pool
+
 # Activation codes (the name table lives in activations.py).
 ACT_IDENTITY = 0
 ACT_SIGMOID = 1
@@ -655,6 +659,22 @@ def copy(dst, src):
 
 
 @njit(cache=True)
+def save_state(backup, params, state):
+    """backup (P + S,) = params (P,) then the optimiser state (S,): an epoch's start."""
+    P = params.shape[0]
+    copy(backup[:P], params)
+    copy(backup[P:], state)
+
+
+@njit(cache=True)
+def restore_state(params, state, backup):
+    """params and state back from backup (see save_state)."""
+    P = params.shape[0]
+    copy(params, backup[:P])
+    copy(state, backup[P:])
+
+
+@njit(cache=True)
 def all_finite(x):
     """True if every element of x (P,) is finite."""
     for i in range(x.shape[0]):
@@ -664,7 +684,7 @@ def all_finite(x):
 
 
 @njit(cache=True)
-def _weight_sum(SW, index, start, stop):
+def weight_sum(SW, index, start, stop):
     """Sum of the sample weights SW (N,) of rows index[start:stop], in float64."""
     s = np.float64(0)
     for b in range(start, stop):
@@ -688,7 +708,7 @@ def _batch_gradients_layers(grads, params, X, Y, SW, index, start, stop, layout,
     if SW.shape[0] > 0:
         # Weighted mean, as scikit-learn: sum_b w_b loss_b / sum_b w_b; each row's delta (which
         # holds 1/B) is scaled by w_b B / sum w.
-        wsum = _weight_sum(SW, index, start, stop)
+        wsum = weight_sum(SW, index, start, stop)
         total = np.float64(0)
         for b in range(B):
             total += SW[index[start + b]] * row_loss[b]
@@ -752,7 +772,7 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
     for i in range(P):
         grads[i] = 0
     weighted = SW.shape[0] > 0
-    wsum = _weight_sum(SW, index, start, stop) if weighted else np.float64(B)
+    wsum = weight_sum(SW, index, start, stop) if weighted else np.float64(B)
     batch_loss = 0.0
     for bb in range(B):
         r = index[start + bb]
@@ -857,7 +877,7 @@ def _with_l2(value, grads, params, layout, SW, index, start, stop, l2):
     """value plus scikit-learn's L2 penalty, its gradient added to grads (see batch_gradients)."""
     if l2[0] == 0 or not np.isfinite(value):
         return value
-    wsum = _weight_sum(SW, index, start, stop) if SW.shape[0] > 0 else np.float64(stop - start)
+    wsum = weight_sum(SW, index, start, stop) if SW.shape[0] > 0 else np.float64(stop - start)
     return value + l2_penalty(grads, params, layout, l2[0] / wsum) * (l2[1] / l2[0])
 
 
@@ -867,8 +887,8 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Y, SW, order, lrs, l
                  inp_buf, tgt_buf, act_buf, delta_buf, row_loss, backup):
     """Minibatch training for E = epoch_loss.shape[0] epochs, all inside compiled code.
 
-    X (N, C_0), Y (N, T), SW (N,) or (0,) as for ``batch_gradients``; order (E or 1, N) holds each
-    epoch's sample order (one row reused when there is no shuffling); lrs (E,) each epoch's
+    X (M, C_0), Y (M, T), SW (M,) or (0,) as for ``batch_gradients``; order (E or 1, N) holds each
+    epoch's sample order (N <= M: a part of an epoch, when the caller splits one) (one row reused when there is no shuffling); lrs (E,) each epoch's
     learning rate. params, state (see ``optimizer_update``), grads (P,) and step (1,), the count
     of updates so far, change in place; epoch_loss (E,) gets the mean of each epoch's batch
     losses weighted by batch length. Workspaces: as for ``batch_gradients`` with batch_size rows,
@@ -878,20 +898,23 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Y, SW, order, lrs, l
     non-finite in the next epoch; params, state and step are then restored to their values at
     that epoch's start.
     """
-    N = X.shape[0]
-    P = params.shape[0]
+    N = order.shape[1]
     E = epoch_loss.shape[0]
     fused = not use_blas.any()
+    weighted = SW.shape[0] > 0
     t = step[0]
     for e in range(E):
-        copy(backup[:P], params)
-        copy(backup[P:], state)
+        save_state(backup, params, state)
         t0 = t
         index = order[e % order.shape[0]]
         total = 0.0
         ok = True
         for start in range(0, N, batch_size):
             stop = min(N, start + batch_size)
+            # A batch whose sample weights sum to 0 has no weighted mean: it is skipped (no
+            # update, no step), as its rows would add nothing to a larger batch's mean either.
+            if weighted and weight_sum(SW, index, start, stop) == 0:
+                continue
             # batch_gradients' choice, made once per call: at XOR size even its dispatch shows
             if fused:
                 value = _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop,
@@ -911,8 +934,7 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Y, SW, order, lrs, l
         if ok:
             ok = all_finite(params)
         if not ok:
-            copy(params, backup[:P])
-            copy(state, backup[P:])
+            restore_state(params, state, backup)
             step[0] = t0
             return e
         epoch_loss[e] = total / N

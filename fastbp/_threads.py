@@ -16,6 +16,15 @@ import numba
 _controller = None
 
 
+def start_pool():
+    """Start Numba's thread pool now (idempotent). A cached non-parallel kernel that calls
+    ``parallel=True`` kernels, loaded from the cache in a process whose pool has not started,
+    segfaults (Numba issue #8578); ``_kernels`` calls this when it is imported, so every caller,
+    the kernel-level ones included, finds the pool running. ``get_num_threads`` is the public call
+    that launches it; it chooses the threading layer from Numba's own configuration."""
+    return numba.get_num_threads()
+
+
 def _blas():
     # Created once: listing the loaded libraries costs milliseconds, too much for every predict.
     global _controller

@@ -91,7 +91,11 @@ def real(value, name, minimum, strict=False):
     if type(value) not in (float, int) and (isinstance(value, (bool, np.bool_))
                                             or not isinstance(value, numbers.Real)):
         raise TypeError(f"{name} must be a real number; got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond float's range, e.g. 10**400
+        raise ValueError(f"{name} must be finite and >= {minimum}; got an integer of "
+                         f"{len(str(abs(value)))} digits, beyond the range of a float") from None
     if not np.isfinite(value) or value < minimum or (strict and value == minimum):
         raise ValueError(f"{name} must be finite and {'>' if strict else '>='} {minimum}; "
                          f"got {value}")

@@ -1,20 +1,14 @@
 """``Network``: validate once at the boundary, own the flat parameter buffer, call the compiled loop."""
-import io
-import json
-import os
-import tempfile
-
 import numpy as np
 
 from . import _kernels as K
 from . import _threads
 from . import _validate as check
+from . import config as _config
+from . import state as _state
 from .activations import ACTIVATIONS
+from .engine import workspaces
 from .losses import LOSSES
-from . import training
-
-FORMAT = "fastbp-network"
-FORMAT_VERSION = 2  # 2 adds the training state (optimiser, schedule, epochs); 1 is still read
 
 # A dense layer with B * C * OC at least this goes through BLAS gemm; smaller ones run the
 # explicit loops. Measured here (float32, forward + backward): loops 1.2 us vs gemm 1.4 us at
@@ -92,7 +86,7 @@ class Network:
         # The shuffling stream: a child of the same seed, independent of the initialisation draws.
         self._shuffle_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
         self._targets_1d = self.sizes[-1] == 1
-        self._train = None  # training.TrainState of the last fit, for resume=True and checkpoints
+        self._train = None  # state.TrainState of the last fit, for resume=True and checkpoints
 
     # ------------------------------------------------------------------ construction helpers
 
@@ -164,97 +158,53 @@ class Network:
     def _use_blas(self, rows):
         return np.array([rows * c * oc >= BLAS_MIN_WORK for c, oc, _, _ in self._layout])
 
-    def _workspaces(self, rows):
-        widths = self.sizes[1:]
-        widest = max(self.sizes[1:])  # a delta slot holds any layer's output (_batch_gradients_fused)
-        return dict(
-            inp_buf=np.empty(rows * self.sizes[0], self.dtype),
-            act_buf=np.empty(rows * sum(widths), self.dtype),
-            delta_buf=np.empty(2 * rows * widest, self.dtype),
-            row_loss=np.empty(rows, np.float64),
-        )
-
     # ------------------------------------------------------------------ training
 
-    def fit(self, X, y, epochs=10, lr=None, batch_size=None, optimizer="sgd", momentum=0.0,
-            nesterov=False, weight_decay=None, betas=None, eps=None, schedule=None, shuffle=True,
-            sample_weight=None, validation_data=None, validation_split=0.0, early_stopping=False,
-            patience=10, min_delta=0.0, callbacks=(), progress=False, log_every=0,
-            checkpoint=None, checkpoint_every=1, resume=False, stream=None, comm=None,
-            sharded=False):
+    def fit(self, X, y, **options):
         """Train by minibatch gradient descent; returns a ``History`` of this call's epochs.
 
         X: (n_samples, sizes[0]) array-like, or a ``numpy.memmap`` (streamed from disk in chunks,
         never loaded whole; ``stream=True`` streams any array-like that supports X[a:b]).
         y: labels (n_samples,) for 'cross_entropy'; 0/1 targets (n_samples,) or (n_samples,
         sizes[-1]) for 'bce'; real targets (n_samples,) or (n_samples, sizes[-1]) for 'mse'.
-        batch_size None is full batch. shuffle draws a new order each epoch from the network's
-        seeded generator. sample_weight (n_samples,): each sample's weight in the batch mean.
 
-        Optimiser: optimizer 'sgd' (lr default 0.05; momentum, nesterov), 'adam' or 'adamw' (lr
-        default 0.001; betas (0.9, 0.999), eps 1e-8), all as torch.optim; weight_decay defaults
-        to 0 (0.01 for 'adamw', as torch). Or an ``fastbp.optim`` object, used as is.
-        schedule: a name ('constant', 'step', 'exponential', 'cosine', 'invscaling', 'adaptive')
-        or a ``fastbp.schedules`` object; the rate is set per epoch.
+        Options (keywords; one table, ``fastbp.config.OPTIONS``):
+        {options}
 
-        validation_data (X_val, y_val) or validation_split (a fraction held out at random): the
-        validation loss (and accuracy, for classification) is recorded each epoch.
-        early_stopping: stop after ``patience`` epochs without the validation loss falling by more
-        than min_delta, and restore the weights of the best epoch.
-        callbacks: callables f(epoch, loss, val_loss, network) called after every epoch; one that
-        returns False stops training. progress: a tqdm bar (needs tqdm). log_every=N prints the
-        loss every N epochs.
-
-        checkpoint: a path written (atomically) every checkpoint_every epochs and at the end,
-        with the training state. resume=True continues the last run of this network (or the one
-        loaded from a checkpoint): optimiser state, schedule, epoch count and shuffling carry on,
-        so fit(epochs=a) then fit(epochs=b, resume=True) gives the same bits as fit(epochs=a+b).
-        The other arguments must describe the same run; epochs counts the epochs to add.
-
-        comm: an mpi4py communicator for data-parallel training over MPI (see
-        ``fastbp.distributed``); every rank passes the same full data, or, with sharded=True, its
-        own shard. batch_size is then the global batch.
+        Optimisers as torch.optim; schedules set the rate per epoch. A batch whose sample weights
+        sum to 0 is skipped (no update). resume=True needs the same optimiser, schedule,
+        batch_size and shuffle as the run it continues; fit(epochs=a) then fit(epochs=b,
+        resume=True) gives the same bits as fit(epochs=a+b). With comm (``fastbp.distributed``)
+        every option works; every rank passes the same full data, or with sharded=True its own.
 
         Raises ValueError/TypeError on bad input, leaving the network untouched, and
         ``DivergenceError`` if the loss or a parameter becomes non-finite; the parameters are then
-        those from before the failing epoch.
+        those from before the failing epoch. Ctrl-C stops within a fraction of a second at a
+        consistent point: the network is that of ``epoch`` completed epochs.
         """
-        kwargs = dict(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
-                      momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                      betas=betas, eps=eps, schedule=schedule, shuffle=shuffle,
-                      sample_weight=sample_weight, validation_data=validation_data,
-                      validation_split=validation_split, early_stopping=early_stopping,
-                      patience=patience, min_delta=min_delta, callbacks=callbacks,
-                      progress=progress, log_every=log_every, checkpoint=checkpoint,
-                      checkpoint_every=checkpoint_every, resume=resume, stream=stream)
-        if comm is not None:
-            from .distributed import fit_distributed
-            return fit_distributed(self, comm, check.boolean(sharded, "sharded"), X, y, **kwargs)
-        if sharded:
-            raise ValueError("sharded=True needs comm (an MPI communicator)")
-        return training.fit(self, X, y, **kwargs)
+        from .training import fit
+        return fit(self, X, y, **options)
+
+    fit.__signature__ = _config.signature(["self", "X", "y"])
+    fit.__doc__ = fit.__doc__.replace("{options}", _config.docs().strip())
 
     @property
     def epoch(self):
         """Epochs trained in the current run (what resume=True continues from); 0 before fit."""
         return 0 if self._train is None else self._train.epoch
 
-    def _orders(self, n, count):
-        """count fresh permutations of range(n) from the network's shuffling stream, (count, n)."""
-        return np.stack([self._shuffle_rng.permutation(n) for _ in range(count)])
-
     # ------------------------------------------------------------------ inference
 
     def _evaluate(self, X, Y=None):
         n = X.shape[0]
         rows = min(n, EVAL_CHUNK)
-        ws = self._workspaces(rows)
+        inp_buf, _, act_buf, _, row_loss = workspaces(self, rows, 0)
         out = np.empty((n, self.sizes[-1]), self.dtype)
         use_blas = self._use_blas(rows)
         with _threads.compute(use_blas.any()):
-            value = K.evaluate(out, ws["row_loss"], self._params, X, X if Y is None else Y,
+            value = K.evaluate(out, row_loss, self._params, X, X if Y is None else Y,
                                self._layout, self._acts, use_blas, self._loss.code,
-                               ws["inp_buf"], ws["act_buf"], Y is not None)
+                               inp_buf, act_buf, Y is not None)
         return out, value
 
     def predict_proba(self, X):
@@ -286,14 +236,14 @@ class Network:
         """Full-batch gradients of ``loss(X, y)``: (dW, db), lists shaped like weights and biases."""
         X, Y, _ = self._XY(X, y)
         n = X.shape[0]
-        ws = self._workspaces(n)
+        _, _, act_buf, delta_buf, _ = workspaces(self, n, 0)
         grads = np.empty_like(self._params)
         use_blas = self._use_blas(n)
         with _threads.compute(use_blas.any()):
-            K.network_forward(ws["act_buf"], self._params, X, self._layout, self._acts, use_blas)
-            logits = K.activation_view(ws["act_buf"], self._layout, n, len(self._layout) - 1)
+            K.network_forward(act_buf, self._params, X, self._layout, self._acts, use_blas)
+            logits = K.activation_view(act_buf, self._layout, n, len(self._layout) - 1)
             K.loss_backward(logits, logits, Y, self._loss.code)
-            K.network_backward(grads, ws["delta_buf"], self._params, X, ws["act_buf"],
+            K.network_backward(grads, delta_buf, self._params, X, act_buf,
                                self._layout, self._acts, use_blas)
         views = self._views(grads)
         return [W for W, _ in views], [b for _, b in views]
@@ -301,77 +251,15 @@ class Network:
     # ------------------------------------------------------------------ files
 
     def save(self, path):
-        """Write the network to ``path`` (a self-describing .npz, the name used as given).
-
-        With the training state of the last fit (optimiser buffers and step, schedule, epochs),
-        so ``load`` then ``fit(..., resume=True)`` continues the run. The file is written to a
-        temporary name in the same folder, synced, and renamed over ``path``: a failure or a kill
-        at any moment leaves either the old file or the new one, never a truncated one.
-        """
-        path = os.fspath(path)
-        meta = dict(format=FORMAT, version=FORMAT_VERSION, sizes=list(self.sizes),
-                    activations=list(self.activations), loss=self.loss_name,
-                    dtype=self.dtype.name, seed=str(self.seed), targets_1d=self._targets_1d,
-                    shuffle_state=self._shuffle_rng.bit_generator.state,
-                    train=None if self._train is None else self._train.meta())
-        arrays = dict(params=self._params)
-        if self._train is not None:
-            arrays["opt_state"] = self._train.optimizer.state
-            if self._train.best is not None:
-                arrays["best_params"] = self._train.best[2]
-        buf = io.BytesIO()
-        np.savez(buf, meta=np.array(json.dumps(meta)), **arrays)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(buf.getbuffer())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        # The rename itself is made durable by syncing the folder (a crash could otherwise lose it).
-        dirfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
+        """Write the network to ``path`` (a self-describing .npz, the name used as given), with
+        the training state of the last fit (optimiser buffers and step, schedule, epochs), so
+        ``load`` then ``fit(..., resume=True)`` continues the run. Atomic: a failure or a kill at
+        any moment leaves the old file or the new one. Only a missing path or a regular file is
+        replaced (an existing file keeps its permissions); see ``fastbp.state``."""
+        _state.save(self, path)
 
     @classmethod
     def load(cls, path):
-        """Read a network written by ``save``; ValueError if the file is truncated or not ours."""
-        path = os.fspath(path)
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                meta = json.loads(str(f["meta"][()]))
-                arrays = {k: f[k] for k in f.files if k != "meta"}
-                params = arrays["params"]
-        except FileNotFoundError:
-            raise
-        except Exception as exc:
-            raise ValueError(f"{path!r} is not a readable fastbp model file (truncated, corrupt or "
-                             f"of another format): {type(exc).__name__}: {exc}") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise ValueError(f"{path!r} is not a fastbp model file (no '{FORMAT}' marker)")
-        if meta.get("version") not in (1, FORMAT_VERSION):
-            raise ValueError(f"{path!r} has fastbp format version {meta.get('version')}; this "
-                             f"fastbp reads versions 1 to {FORMAT_VERSION}")
-        acts = meta["activations"] if meta["activations"] else "relu"
-        net = cls(meta["sizes"], activation=acts, loss=meta["loss"], seed=int(meta["seed"]),
-                  dtype=np.dtype(meta["dtype"]))
-        if params.shape != net._params.shape or params.dtype != net.dtype:
-            raise ValueError(f"{path!r} is corrupt: parameters of shape {params.shape} and dtype "
-                             f"{params.dtype}, expected {net._params.shape} and {net.dtype}")
-        net._params[:] = params
-        net._targets_1d = bool(meta["targets_1d"])
-        net._shuffle_rng.bit_generator.state = meta["shuffle_state"]
-        if meta.get("train"):
-            try:
-                net._train = training.TrainState.from_meta(meta["train"], arrays["opt_state"],
-                                                           arrays.get("best_params"), net.n_params)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"{path!r} has an unreadable training state: {exc}") from None
-        return net
+        """Read a network written by ``save``; ValueError if the file is truncated, corrupt or
+        not ours (everything is checked before the network is built)."""
+        return _state.load(path, cls)

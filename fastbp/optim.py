@@ -126,12 +126,15 @@ class AdamW(Adam):
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 
 
-def make(optimizer, lr, momentum, nesterov, weight_decay, betas, eps):
-    """An optimiser from ``fit``'s arguments, ``optimizer`` being a name in OPTIMIZERS."""
+def make(optimizer, **settings):
+    """An optimiser from ``fit``'s arguments, ``optimizer`` being a name in OPTIMIZERS; settings
+    left out take the optimiser's own defaults."""
     check.choice(optimizer, "optimizer", OPTIMIZERS)
-    if optimizer == "sgd":
-        return SGD(lr, momentum=momentum, nesterov=nesterov,
-                   weight_decay=0.0 if weight_decay is None else weight_decay)
-    if momentum or nesterov:
-        raise ValueError(f"momentum and nesterov are SGD's; optimizer={optimizer!r} takes betas")
-    return OPTIMIZERS[optimizer](lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    if optimizer != "sgd":
+        if settings.pop("momentum", None) or settings.pop("nesterov", None):
+            raise ValueError(f"momentum and nesterov are SGD's; optimizer={optimizer!r} takes betas")
+    else:
+        for name in ("betas", "eps"):
+            if settings.pop(name, None) is not None:
+                raise ValueError(f"{name} is Adam's; optimizer='sgd' takes momentum and nesterov")
+    return OPTIMIZERS[optimizer](**settings)

@@ -26,12 +26,18 @@ from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_targ
 from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
                                       validate_data)
 
-from . import _threads
 from . import optim, schedules
 from .network import Network
-from .training import Plan
+from .training import DivergenceError, fit as _train
 
 _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
+
+
+class _Adaptive(schedules.Adaptive):
+    """scikit-learn's adaptive rate, reduced by the estimator itself: its rule counts epochs
+    without improvement of the training loss, or of the validation score under early stopping."""
+
+    needs_loss = False
 
 
 class _BaseMLP(BaseEstimator):
@@ -134,9 +140,6 @@ class _BaseMLP(BaseEstimator):
                              f"dtype as the first fit: {list(self._net.sizes[1:-1])}, "
                              f"{self._net.dtype}")
         self._fit_stochastic(X, Y, sample_weight, rs, incremental)
-        if not np.isfinite(self._net._params).all():
-            raise ValueError("Solver produced non-finite parameter weights. The input data may"
-                             " contain large values and need to be preprocessed.")
         return self
 
     def _initialize(self, X, Y, hidden, rs):
@@ -210,60 +213,64 @@ class _BaseMLP(BaseEstimator):
                 nesterov=bool(self.nesterovs_momentum and self.momentum > 0),
                 update_velocity=True))
             sched = {"constant": None, "invscaling": schedules.InvScaling(self.power_t),
-                     "adaptive": schedules.Adaptive(min_lr=1e-6 * s)}[self.learning_rate]
+                     "adaptive": _Adaptive(min_lr=1e-6 * s)}[self.learning_rate]
         else:
             opt = dict(optimizer=optim.Adam(self.learning_rate_init, (self.beta_1, self.beta_2),
                                             self.epsilon / s, eps_inside=True))
             sched = None
         # partial_fit continues the optimiser; fit (warm_start or not) starts a fresh one
-        resume = incremental and self._net._train is not None
+        resume = bool(incremental and self._net._train is not None)
         net = self._net
-        plan = Plan(net, X_train, self._targets(Y_train), epochs=1, batch_size=batch,
-                    schedule=sched, shuffle=self.shuffle, sample_weight=sw_train,
-                    l2=(self.alpha / s, self.alpha / self._report()), resume=bool(resume), **opt)
-        plan.start(plan.batch)
-        sched = plan.state.schedule
         sample_idx = np.arange(n)
-        try:
-            with _threads.compute(plan.use_blas.any()):
-                for _ in range(1 if incremental else self.max_iter):
-                    if self.shuffle:
-                        # = sklearn.utils.shuffle(sample_idx, random_state=rs), draw for draw,
-                        # without its argument validation (0.4 ms an epoch, measured)
-                        perm = np.arange(n)
-                        rs.shuffle(perm)
-                        sample_idx = sample_idx[perm]
-                    losses, _ = plan.run(1, sample_idx[None, :])
-                    if len(losses) == 0:  # diverged: fastbp restored the epoch's start
-                        net._params[:] = np.nan  # scikit-learn's outcome: refused just below
-                        break
-                    self.n_iter_ += 1
-                    self.t_ += n
-                    self.loss_ = float(losses[0]) * self._report()
-                    self.loss_curve_.append(self.loss_)
+
+        def orders(m):
+            # = sklearn.utils.shuffle(sample_idx, random_state=rs), draw for draw, without its
+            # argument validation (0.4 ms an epoch, measured)
+            nonlocal sample_idx
+            perm = np.arange(m)
+            rs.shuffle(perm)
+            sample_idx = sample_idx[perm]
+            return sample_idx
+
+        def after_epoch(epoch, loss, val_loss, network):
+            """scikit-learn's bookkeeping and stopping rule after each epoch; False stops."""
+            self.n_iter_ += 1
+            self.t_ += n
+            self.loss_ = float(loss) * self._report()
+            self.loss_curve_.append(self.loss_)
+            if self.verbose:
+                print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
+            if self.early_stopping:
+                self._update_validation(X_val, y_val, sw_val)
+            else:
+                self._update_loss()
+            if self._no_improvement_count > self.n_iter_no_change:
+                what = ("Validation score did not improve more than" if self.early_stopping
+                        else "Training loss did not improve more than")
+                msg = f"{what} tol={self.tol:f} for {self.n_iter_no_change} consecutive epochs."
+                schedule = network._train.schedule
+                stop = (schedule.reduce() if isinstance(schedule, _Adaptive) else True)
+                if stop:
                     if self.verbose:
-                        print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
-                    if self.early_stopping:
-                        self._update_validation(X_val, y_val, sw_val)
-                    else:
-                        self._update_loss()
-                    if self._no_improvement_count > self.n_iter_no_change:
-                        what = ("Validation score did not improve more than" if self.early_stopping
-                                else "Training loss did not improve more than")
-                        msg = f"{what} tol={self.tol:f} for {self.n_iter_no_change} consecutive epochs."
-                        stop = (sched.reduce() if isinstance(sched, schedules.Adaptive)
-                                and self.solver == "sgd" else True)
-                        if stop:
-                            if self.verbose:
-                                print(msg + " Stopping.")
-                            break
-                        self._no_improvement_count = 0
-                    if incremental:
-                        break
-                    if self.n_iter_ == self.max_iter:
-                        warnings.warn("Stochastic Optimizer: Maximum iterations (%d) reached and "
-                                      "the optimization hasn't converged yet." % self.max_iter,
-                                      ConvergenceWarning)
+                        print(msg + " Stopping.")
+                    return False
+                self._no_improvement_count = 0
+            if not incremental and self.n_iter_ == self.max_iter:
+                warnings.warn("Stochastic Optimizer: Maximum iterations (%d) reached and "
+                              "the optimization hasn't converged yet." % self.max_iter,
+                              ConvergenceWarning)
+            return True
+
+        try:
+            _train(net, X_train, self._targets(Y_train), epochs=1 if incremental else self.max_iter,
+                   batch_size=batch, schedule=sched, shuffle=self.shuffle,
+                   sample_weight=sw_train, l2=(self.alpha / s, self.alpha / self._report()),
+                   resume=resume, orders=orders if self.shuffle else None,
+                   callbacks=[after_epoch], **opt)
+        except DivergenceError as exc:
+            raise DivergenceError(
+                "Solver produced non-finite parameter weights. The input data may contain large "
+                f"values and need to be preprocessed. ({exc})", exc.history) from None
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.")
         if self.early_stopping:

@@ -296,23 +296,26 @@ def test_fused_small_loop_matches_the_per_layer_kernels(loss, act, dtype, weight
     routes through the same maths, same loss and gradients for the same shuffled batch, with and
     without sample weights."""
     from fastbp import _kernels as K
-    from fastbp.training import Plan
+    from fastbp.config import Config
+    from fastbp.data import TrainData
+    from fastbp.engine import workspaces
     sizes = [3, 5, 4, out_width(loss)]
     X, y = make_data(loss, 11, sizes[0], sizes[-1], seed=4)
     net = fastbp.Network(sizes, activation=act, loss=loss, seed=6, dtype=dtype)
     sw = np.random.default_rng(3).uniform(0.1, 3.0, 11) if weighted else None
-    plan = Plan(net, X, y, epochs=1, lr=0.1, batch_size=4, sample_weight=sw)
-    plan.start(plan.batch)
-    assert not plan.use_blas.any()
-    index = net._orders(11, 1)[0]
+    data = TrainData(net, X, y, Config(dict(batch_size=4, sample_weight=sw)))
+    use_blas = net._use_blas(data.batch)
+    assert not use_blas.any()
+    ws = workspaces(net, data.batch, data.Y.shape[1])
+    index = np.random.default_rng(1).permutation(11)
     fused, layers = np.empty_like(net._params), np.empty_like(net._params)
     for start, stop in ((0, 4), (4, 8), (8, 11)):
-        v_fused = K.batch_gradients(fused, net._params, plan.X, plan.Y, plan.SW, index, start,
-                                    stop, net._layout, net._acts, plan.use_blas, net._loss.code,
-                                    np.zeros(2), *plan.workspaces)
-        v_layers = K._batch_gradients_layers(layers, net._params, plan.X, plan.Y, plan.SW, index,
-                                             start, stop, net._layout, net._acts, plan.use_blas,
-                                             net._loss.code, *plan.workspaces)
+        v_fused = K.batch_gradients(fused, net._params, data.X, data.Y, data.SW, index, start,
+                                    stop, net._layout, net._acts, use_blas, net._loss.code,
+                                    np.zeros(2), *ws)
+        v_layers = K._batch_gradients_layers(layers, net._params, data.X, data.Y, data.SW, index,
+                                             start, stop, net._layout, net._acts, use_blas,
+                                             net._loss.code, *ws)
         tol = 1e-12 if dtype == np.float64 else 1e-5
         assert rel_err(v_fused, v_layers) < tol
         assert rel_err(fused, layers) < tol

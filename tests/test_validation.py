@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fastbp
-from fastbp import network as network_module
+from fastbp import state as state_module
 
 from conftest import XOR_X, XOR_Y, make_data
 
@@ -210,7 +210,7 @@ def test_save_writes_atomically_and_keeps_the_old_file_on_failure(tmp_path, monk
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(network_module.os, "replace", broken_replace)
+    monkeypatch.setattr(state_module.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         fastbp.Network([4, 6, 3], seed=2).save(path)
     assert path.read_bytes() == original
