@@ -63,6 +63,8 @@ class Reducer:
             error = exc
         infos = self.comm.allgather(info)
         if result is None:
+            if isinstance(error, (ValueError, TypeError)):  # the same type, naming the rank
+                raise type(error)(f"{error} (on rank {self.rank} of {self.size})") from None
             raise error
         failed = [(r, why) for r, (_, why) in enumerate(infos) if why is not None]
         if failed:

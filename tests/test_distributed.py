@@ -20,8 +20,9 @@ pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (pip install
 TIMEOUT = 120
 
 
-def mpirun(tmp_path, ranks, body):
-    """Run body under ``mpiexec -n ranks``; returns the CompletedProcess."""
+def mpirun(tmp_path, ranks, body, timeout=TIMEOUT):
+    """Run body under ``mpiexec -n ranks``; returns the CompletedProcess (TimeoutExpired, a
+    failure, if it outlasts timeout)."""
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent("""
         import sys
@@ -33,7 +34,7 @@ def mpirun(tmp_path, ranks, body):
     """) + textwrap.dedent(body))
     env = dict(os.environ, NUMBA_NUM_THREADS="2")
     return subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, str(script), str(tmp_path)],
-                          capture_output=True, text=True, timeout=TIMEOUT, env=env)
+                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_share_splits_rows_evenly():
