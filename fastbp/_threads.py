@@ -9,6 +9,7 @@ BLAS, gives Numba the threads. The budget is ``numba.get_num_threads()``, the us
 Both settings are restored on exit. The results do not depend on the split: every kernel writes
 each element from one thread in a fixed order, and gemm partitions its output, not its sums.
 """
+import threading
 from contextlib import contextmanager
 
 import numba
@@ -34,17 +35,34 @@ def _blas():
     return _controller
 
 
+# BLAS's thread count is one per process, Numba's one per Python thread. Fits running at once in
+# several Python threads share the BLAS setting: the first to enter records the user's and limits
+# it, the last to leave puts it back, whatever the order in which they leave.
+_lock = threading.Lock()
+_inside = 0
+_user_blas = None
+
+
 @contextmanager
 def compute(uses_blas):
     """Run the block with Numba and BLAS threads split for a network that does (or does not) call
-    BLAS; the user's settings come back afterwards, also on error."""
+    BLAS; the user's settings come back afterwards, also on error and under concurrent fits."""
+    global _inside, _user_blas
     budget = numba.get_num_threads()
     if not uses_blas:
         yield
         return
-    with _blas().limit(limits=budget, user_api="blas"):
-        numba.set_num_threads(1)
-        try:
-            yield
-        finally:
-            numba.set_num_threads(budget)
+    with _lock:
+        if _inside == 0:
+            _user_blas = _blas().limit(limits=budget, user_api="blas")
+        _inside += 1
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(budget)
+        with _lock:
+            _inside -= 1
+            if _inside == 0:
+                _user_blas.restore_original_limits()
+                _user_blas = None

@@ -195,7 +195,7 @@ class Network:
 
     # ------------------------------------------------------------------ inference
 
-    def _evaluate(self, X, Y=None):
+    def _evaluate(self, X, Y=None, check_finite=True):
         n = X.shape[0]
         rows = min(n, EVAL_CHUNK)
         inp_buf, _, act_buf, _, row_loss = workspaces(self, rows, 0)
@@ -205,6 +205,12 @@ class Network:
             value = K.evaluate(out, row_loss, self._params, X, X if Y is None else Y,
                                self._layout, self._acts, use_blas, self._loss.code,
                                inp_buf, act_buf, Y is not None)
+        if check_finite and not (np.isfinite(value) and K.all_finite(out.reshape(-1))):
+            big = float(np.abs(X).max())
+            raise ValueError(
+                f"the network's output is not finite (NaN or infinity) for this input: the "
+                f"likely cause is the input's scale (largest |X| = {big:.3g}) overflowing "
+                f"{self.dtype.name} in the layers; scale X (or use float64)")
         return out, value
 
     def predict_proba(self, X):

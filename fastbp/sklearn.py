@@ -302,9 +302,11 @@ class _BaseMLP(BaseEstimator):
         check_is_fitted(self)
         return self._outputs(validate_data(self, X, dtype=(np.float64, np.float32), reset=False))
 
-    def _outputs(self, X):
-        """_forward for X already validated (the early-stopping split)."""
-        out, _ = self._net._evaluate(np.ascontiguousarray(X, dtype=self._net.dtype))
+    def _outputs(self, X, check_finite=True):
+        """_forward for X already validated (the early-stopping split, where scikit-learn scores
+        non-finite outputs instead of raising: check_finite=False)."""
+        out, _ = self._net._evaluate(np.ascontiguousarray(X, dtype=self._net.dtype),
+                                     check_finite=check_finite)
         return out
 
 
@@ -358,7 +360,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return accuracy_score(y, self._predict_validated(X), sample_weight=sample_weight)
 
     def _predict_validated(self, X):
-        out = self._outputs(X)
+        out = self._outputs(X, check_finite=False)
         if self.n_outputs_ == 1:
             out = out.ravel()
         return self._label_binarizer.inverse_transform(out)
@@ -454,7 +456,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return Y[:, 0] if Y.shape[1] == 1 else Y
 
     def _score(self, X, y, sample_weight=None):
-        out = self._outputs(X)
+        out = self._outputs(X, check_finite=False)
         pred = out[:, 0] if out.shape[1] == 1 else out
         if not np.isfinite(pred).all():
             return np.nan

@@ -65,6 +65,13 @@ class TrainState:
         """The state a fit call trains with: a fresh one, or with resume=True the network's own,
         whose settings must be the call's. Touches nothing; ``attach`` hands it to the network."""
         fresh = cls(cfg.optimizer, cfg.schedule, cfg.batch_size, cfg.shuffle)
+        opt = cfg.optimizer
+        for name in ("lr", "eps"):
+            value = getattr(opt, name, None)
+            if value is not None and net.dtype.type(value) == 0:
+                raise ValueError(f"{name}={value:g} is 0 in {net.dtype.name}, the network's dtype "
+                                 f"(smallest positive {np.finfo(net.dtype).tiny:g}); pass a "
+                                 f"larger {name}")
         if not cfg.resume:
             return fresh
         old = net._train
@@ -161,13 +168,12 @@ def save(net, path):
 
 
 def _remove_leftovers(folder):
-    """Temporary files of fastbp's own naming that a killed save left in folder (older than a
-    minute, so a save under way in another process keeps its file)."""
-    import time
-    now = time.time()
+    """Temporary files of fastbp's own naming (``.fastbp-*.tmp``) that a killed save left in
+    folder. (A save to the same folder in another process at the same instant would lose its
+    temporary file and report it; its destination stays intact.)"""
     for name in glob.glob(os.path.join(glob.escape(folder), TMP_PREFIX + "*" + TMP_SUFFIX)):
         try:
-            if now - os.lstat(name).st_mtime > 60 and os.path.isfile(name):
+            if os.path.isfile(name) and not os.path.islink(name):
                 os.unlink(name)
         except OSError:
             pass

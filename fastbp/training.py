@@ -15,6 +15,8 @@ shuffling stream) and ``fit(..., resume=True)`` carries on as if nothing had hap
 import signal
 import threading
 import time
+from array import array
+from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
 
 import numpy as np
@@ -36,13 +38,53 @@ class DivergenceError(FloatingPointError, ValueError):
         self.history = history
 
 
+class Series(Sequence):
+    """A list of floats stored as C doubles (8 bytes each, not a Python float's 32): a run of
+    3e7 XOR epochs costs 0.5 GB of history, not 2.9 GB. Compares equal to a list of the same
+    values; + gives a list."""
+
+    def __init__(self):
+        self._data = array("d")
+
+    def __len__(self):
+        return len(self._data)
+
+    def __getitem__(self, i):
+        return self._data[i].tolist() if isinstance(i, slice) else self._data[i]
+
+    def append(self, value):
+        self._data.append(float(value))
+
+    def extend(self, values):
+        self._data.extend(np.asarray(values, dtype=np.float64))
+
+    def __eq__(self, other):
+        try:
+            return len(self) == len(other) and all(a == b for a, b in zip(self._data, other))
+        except TypeError:
+            return NotImplemented
+
+    def __add__(self, other):
+        return self._data.tolist() + list(other)
+
+    def __radd__(self, other):
+        return list(other) + self._data.tolist()
+
+    def __array__(self, dtype=None, copy=None):
+        return np.array(self._data, dtype=dtype)
+
+    def __repr__(self):
+        return repr(self._data.tolist())
+
+
 class History:
     """What ``fit`` returns, one entry per epoch of the call. ``loss``: the mean of the epoch's
     batch losses (each computed before its batch's update). With validation data, ``val_loss``
     and, for classification losses, ``val_accuracy``; ``lr`` the learning rate used."""
 
     def __init__(self):
-        self.loss, self.val_loss, self.val_accuracy, self.lr = [], [], [], []
+        self.loss, self.val_loss, self.val_accuracy, self.lr = (Series(), Series(), Series(),
+                                                                Series())
         self.stopped_early = False
         self.best_epoch = None  # early stopping: the run's epoch (as net.epoch) that was kept
 
@@ -187,8 +229,8 @@ class _Run:
         """Append finished epochs to the history (one call each: at XOR size a per-epoch Python
         loop costs a third of the epoch); print the loss if the last is a logging epoch."""
         hist, st = self.history, self.st
-        hist.loss.extend(np.asarray(losses, dtype=np.float64).tolist())
-        hist.lr.extend(np.asarray(lrs, dtype=np.float64).tolist())
+        hist.loss.extend(losses)
+        hist.lr.extend(lrs)
         if (len(losses) and self.cfg.log_every and self.lead
                 and st.epoch % self.cfg.log_every == 0):
             print(f"epoch {st.epoch}  loss {hist.loss[-1]:.4f}", flush=True)
@@ -197,7 +239,7 @@ class _Run:
         """(validation loss, accuracy or None) of the network now; with sharded MPI data, over
         every rank's validation rows."""
         Xv, Yv = self.data.val
-        out, value = self.net._evaluate(Xv, Yv)
+        out, value = self.net._evaluate(Xv, Yv, check_finite=False)
         correct = None
         if self.net.loss_name == "cross_entropy":
             correct = float((out.argmax(axis=1) == Yv[:, 0]).sum())
@@ -208,6 +250,8 @@ class _Run:
             sums = np.array([value * n, correct or 0.0, n], dtype=np.float64)
             self.reducer.sum(sums)
             value, correct, n = sums[0] / sums[2], (None if correct is None else sums[1]), sums[2]
+        if not np.isfinite(value):  # after the reduction: every rank decides alike
+            self._diverged()
         return float(value), (None if correct is None else correct / n)
 
     def _end_of_epoch(self, bar, seconds):
