@@ -20,6 +20,18 @@ BLAS_MIN_WORK = 1 << 12
 EVAL_CHUNK = 4096
 
 
+def _training():
+    # training imports network's neighbours; imported on the first fit, then a global lookup
+    global _training_module
+    if _training_module is None:
+        from . import training
+        _training_module = training
+    return _training_module
+
+
+_training_module = None
+
+
 def _seed_sequence(seed):
     return np.random.SeedSequence(seed)
 
@@ -182,8 +194,7 @@ class Network:
         those from before the failing epoch. Ctrl-C stops within a fraction of a second at a
         consistent point: the network is that of ``epoch`` completed epochs.
         """
-        from .training import fit
-        return fit(self, X, y, **options)
+        return _training().fit(self, X, y, **options)
 
     fit.__signature__ = _config.signature(["self", "X", "y"])
     fit.__doc__ = fit.__doc__.replace("{options}", _config.docs().strip())

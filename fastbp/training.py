@@ -12,7 +12,7 @@ which are bounded in work (WORK_PER_CALL), so it lands within a fraction of a se
 is then exactly that of ``net.epoch`` completed epochs (weights, optimiser state and step,
 shuffling stream) and ``fit(..., resume=True)`` carries on as if nothing had happened.
 """
-import signal
+import _signal
 import threading
 import time
 from array import array
@@ -56,7 +56,8 @@ class Series(Sequence):
         self._data.append(float(value))
 
     def extend(self, values):
-        self._data.extend(np.asarray(values, dtype=np.float64))
+        # from the bytes: extend() would loop over a NumPy array element by element
+        self._data.frombytes(np.ascontiguousarray(values, dtype=np.float64).tobytes())
 
     def __eq__(self, other):
         try:
@@ -310,13 +311,18 @@ def _deferred_interrupts():
     thread, with Python's own SIGINT handler in place, the signal is noted instead of raised
     at once, so the loop stops at a consistent point (it raises KeyboardInterrupt there);
     elsewhere, or under the user's own handler, nothing changes."""
+    # _signal: the same calls as signal's without its enum conversions (15 us a fit, measured)
     if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield lambda: False
+            or _signal.getsignal(_signal.SIGINT) is not _signal.default_int_handler):
+        yield _never
         return
     hits = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: hits.append(signum))
+    previous = _signal.signal(_signal.SIGINT, lambda signum, frame: hits.append(signum))
     try:
-        yield lambda: bool(hits)
+        yield hits.__len__
     finally:
-        signal.signal(signal.SIGINT, previous)
+        _signal.signal(_signal.SIGINT, previous)
+
+
+def _never():
+    return False
