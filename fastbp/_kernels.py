@@ -39,6 +39,7 @@ LEAKY_SLOPE = 0.01  # PyTorch's default negative_slope
 LOSS_BCE = 0  # sigmoid output, binary_cross_entropy_with_logits
 LOSS_CE = 1  # softmax output, cross_entropy over integer labels
 LOSS_MSE = 2  # identity output, mse_loss
+LOSS_POISSON = 3  # exp output, half Poisson deviance (scikit-learn's loss='poisson')
 
 # Columns of the ``layout`` array: one row per dense layer.
 LAY_C, LAY_OC, LAY_W, LAY_B = 0, 1, 2, 3
@@ -85,6 +86,15 @@ def _logsumexp_parts(logits, b):
     for o in range(OC):
         s += np.exp(logits[b, o] - m)
     return m, s
+
+
+@njit(cache=True, inline="always")
+def _poisson_row_term(z, y):
+    """Half the Poisson deviance of log-mean z at count y: exp(z) - y z + y log y - y, in float64
+    (0 at a perfect fit; y log y = 0 at y = 0). Its derivative in z is exp(z) - y."""
+    z = np.float64(z)
+    y = np.float64(y)
+    return np.exp(z) - y * z + (y * np.log(y) - y if y > 0 else 0.0)
 
 
 # --------------------------------------------------------------------------- when to go parallel
@@ -313,6 +323,9 @@ def _loss_row(logits, targets, loss, b):
     elif loss == LOSS_CE:
         m, e = _logsumexp_parts(logits, b)
         s = m + np.log(e) - logits[b, int(targets[b, 0])]
+    elif loss == LOSS_POISSON:
+        for o in range(OC):
+            s += _poisson_row_term(logits[b, o], targets[b, o])
     else:
         for o in range(OC):
             d = logits[b, o] - targets[b, o]
@@ -357,6 +370,10 @@ def _loss_backward_row(dlogits, logits, targets, loss, b):
             if o == label:
                 p -= 1
             dlogits[b, o] = p / B
+    elif loss == LOSS_POISSON:
+        scale = 1.0 / (B * OC)
+        for o in range(OC):
+            dlogits[b, o] = (np.exp(logits[b, o]) - targets[b, o]) * scale
     else:
         scale = 2.0 / (B * OC)
         for o in range(OC):
@@ -389,6 +406,9 @@ def _output_row(out, logits, loss, b):
         m, s = _logsumexp_parts(logits, b)
         for o in range(OC):
             out[b, o] = np.exp(logits[b, o] - m) / s
+    elif loss == LOSS_POISSON:
+        for o in range(OC):
+            out[b, o] = np.exp(logits[b, o])
     else:
         for o in range(OC):
             out[b, o] = logits[b, o]
@@ -396,7 +416,8 @@ def _output_row(out, logits, loss, b):
 
 @njit(parallel=True, cache=True)
 def output_forward(out, logits, loss):
-    """out (B, OC) = the loss's output activation of logits (B, OC): sigmoid, softmax or identity.
+    """out (B, OC) = the loss's output activation of logits (B, OC): sigmoid, softmax, exp
+    (poisson) or identity.
 
     May alias logits.
     """
@@ -814,6 +835,11 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
                 if o == label:
                     p -= 1
                 delta_buf[d0 + o] = p / B
+        elif loss == LOSS_POISSON:
+            for o in range(OCL):
+                z = act_buf[z0 + o]
+                row_value += _poisson_row_term(z, Y[r, o])
+                delta_buf[d0 + o] = (np.exp(z) - Y[r, o]) / (B * OCL)
         else:
             for o in range(OCL):
                 d = act_buf[z0 + o] - Y[r, o]
@@ -888,11 +914,12 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Y, SW, order, lrs, l
     """Minibatch training for E = epoch_loss.shape[0] epochs, all inside compiled code.
 
     X (M, C_0), Y (M, T), SW (M,) or (0,) as for ``batch_gradients``; order (E or 1, N) holds each
-    epoch's sample order (N <= M: a part of an epoch, when the caller splits one) (one row reused when there is no shuffling); lrs (E,) each epoch's
-    learning rate. params, state (see ``optimizer_update``), grads (P,) and step (1,), the count
-    of updates so far, change in place; epoch_loss (E,) gets the mean of each epoch's batch
-    losses weighted by batch length. Workspaces: as for ``batch_gradients`` with batch_size rows,
-    and backup (P + state size,).
+    epoch's sample order (one row reused when there is no shuffling; N < M when the caller splits
+    an epoch over calls); lrs (E,) each epoch's learning rate. params, state (see
+    ``optimizer_update``), grads (P,) and step (1,), the count of updates so far, change in place;
+    epoch_loss (E,) gets each epoch's sum of batch losses times batch lengths, added to the value
+    it holds on entry (0, or the sum so far of an epoch split over calls). Workspaces: as for
+    ``batch_gradients`` with batch_size rows, and backup (P + state size,).
 
     Returns the number of epochs completed. Fewer than E means the loss or a parameter went
     non-finite in the next epoch; params, state and step are then restored to their values at
@@ -907,7 +934,7 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Y, SW, order, lrs, l
         save_state(backup, params, state)
         t0 = t
         index = order[e % order.shape[0]]
-        total = 0.0
+        total = epoch_loss[e]  # a running sum carried in: an epoch split over calls adds alike
         ok = True
         for start in range(0, N, batch_size):
             stop = min(N, start + batch_size)
@@ -937,7 +964,7 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Y, SW, order, lrs, l
             restore_state(params, state, backup)
             step[0] = t0
             return e
-        epoch_loss[e] = total / N
+        epoch_loss[e] = total
     step[0] = t
     return E
 

@@ -52,7 +52,7 @@ def targets(y, n_samples, kind, n_out, dtype, name="y"):
                          "they must have the same length")
     one_d = arr.ndim == 1
     width = 1 if one_d else arr.shape[1]
-    if kind in ("real", "binary"):
+    if kind in ("real", "binary", "counts"):
         if width != n_out:
             shapes = f"({n_samples}, {n_out})" + (f" or ({n_samples},)" if n_out == 1 else "")
             raise ValueError(f"{name} must have shape {shapes} to match the {n_out} network "
@@ -66,6 +66,9 @@ def targets(y, n_samples, kind, n_out, dtype, name="y"):
     if kind == "binary" and ((out < 0).any() or (out > 1).any()):
         raise ValueError(f"{name} must hold 0/1 labels or probabilities in [0, 1] for loss 'bce'; "
                          f"got values in [{out.min()}, {out.max()}]")
+    if kind == "counts" and (out < 0).any():
+        raise ValueError(f"{name} must hold counts or means >= 0 for loss 'poisson'; got values "
+                         f"down to {out.min()}")
     if kind == "labels":
         if (arr != np.round(arr)).any() or (arr < 0).any() or (arr >= n_out).any():
             raise ValueError(f"{name} must hold integer class labels 0..{n_out - 1} for loss "

@@ -126,6 +126,8 @@ OPTIONS = {
 INTERNAL = {
     "l2": Option((0.0, 0.0), _l2, "scikit-learn's alpha"),
     "orders": Option(None, _orders, "a callable(n) giving each epoch's sample order"),
+    "resume_any_batch": Option(False, check.boolean, "resume may change batch_size and shuffle"),
+    "signed_weights": Option(False, check.boolean, "sample weights may be negative"),
 }
 
 

@@ -101,8 +101,9 @@ def share(n, rank, size):
     return lo, lo + base + (rank < extra)
 
 
-def sample_weight(value, n, dtype):
-    """sample_weight as a C-contiguous (n,) array of dtype, or (0,) for None."""
+def sample_weight(value, n, dtype, signed=False):
+    """sample_weight as a C-contiguous (n,) array of dtype, or (0,) for None. signed: negative
+    weights allowed (scikit-learn's estimators accept them), with a nonzero sum."""
     if value is None:
         return np.empty(0, dtype)
     arr = np.asarray(value) if not isinstance(value, np.ndarray) else value
@@ -112,7 +113,10 @@ def sample_weight(value, n, dtype):
     sw = check.features(arr.reshape(-1, 1), 1, dtype, name="sample_weight")[:, 0]
     if sw.shape[0] != n:
         raise ValueError(f"sample_weight has {sw.shape[0]} entries but X has {n} samples")
-    if (sw < 0).any() or not sw.sum() > 0:
+    if signed:
+        if sw.sum() == 0:
+            raise ValueError("sample_weight must not sum to 0")
+    elif (sw < 0).any() or not sw.sum() > 0:
         raise ValueError("sample_weight must be >= 0 with a positive sum")
     return np.ascontiguousarray(sw)
 
@@ -141,7 +145,7 @@ class TrainData:
         else:
             self.X, Y, self.one_d = net._XY(X, y)
             n = self.X.shape[0]
-        SW = sample_weight(cfg.sample_weight, n, net.dtype)
+        SW = sample_weight(cfg.sample_weight, n, net.dtype, cfg.signed_weights)
         self.val = None
         if cfg.validation_data is not None:
             self.val = self._validation_data(net, cfg.validation_data)

@@ -9,14 +9,32 @@ two ways of stepping through an epoch.
   use these two steps, so a gradient transform such as clipping goes into ``apply`` and into
   ``_kernels.optimizer_update`` (which the compiled loop calls), nowhere else.
 """
+import time
+
 import numpy as np
 
 from . import _kernels as K
 from . import _threads
 
-# Rows x parameters one compiled call may take on: about 0.1 s of the slowest (XOR-sized) work,
-# so that an interrupt is seen soon and bookkeeping stays a small share of the time.
-WORK_PER_CALL = 1 << 24
+# Compiled calls are bounded in time, so that Ctrl-C is seen within a fraction of a second: the
+# first call of a run takes on WORK_PER_CALL work, in (rows + 4 x optimiser steps) x parameters
+# (under 0.1 s of the slowest, XOR-sized, work measured); later ones are sized from the measured
+# time to about CALL_SECONDS. How a run is cut into calls never changes a result.
+WORK_PER_CALL = 1 << 22
+CALL_SECONDS = 0.08
+
+
+def resize(count, seconds):
+    """The count of units (epochs or batches) for the next call, from the last call's count and
+    seconds: about CALL_SECONDS, growing at most 4x a call."""
+    if seconds <= 0:
+        return count * 4
+    return max(1, min(count * 4, int(count * CALL_SECONDS / seconds)))
+
+
+def epoch_work(n, batch, n_params):
+    """One epoch's work in WORK_PER_CALL's units."""
+    return max(1, (n + 4 * -(-n // batch)) * n_params)
 
 
 def workspaces(net, rows, targets):
@@ -76,14 +94,14 @@ class Engine:
         the epochs' sample orders. Returns the losses of the epochs completed (fewer than asked:
         the next one diverged and was undone)."""
         d, opt = self.data, self.state.optimizer
-        losses = np.empty(len(lrs))
+        losses = np.zeros(len(lrs))
         step = np.array([opt.step], dtype=np.int64)
         done = K.train_epochs(self.net._params, opt.state, step, self.grads, losses, d.X, d.Y,
                               d.SW, order, lrs, self.net._layout, self.net._acts, self.use_blas,
                               self.net._loss.code, d.batch, opt.code, self.hyper, self.l2,
                               *self.ws, self.backup)
         opt.step = int(step[0])
-        return losses[:done]
+        return losses[:done] / d.n
 
     # ---------------------------------------------------------------- one epoch in blocks
 
@@ -95,15 +113,14 @@ class Engine:
         self.save()
         rng_state = rng.bit_generator.state
         lrs = np.array([lr], dtype=self.net.dtype)
-        total = 0.0
+        total = np.zeros(1)  # the running sum the compiled calls add to, in order
         for block in self.data.blocks(rng, self.state.shuffle, self.reducer):
             for piece in (self._pieces(block) if self.reducer is None else (block,)):
-                value = (self._block_compiled(piece, lrs) if self.reducer is None
-                         else self._block_reduced(piece, lr))
-                if value is None:
+                ok = (self._block_compiled(piece, lrs, total) if self.reducer is None
+                      else self._block_reduced(piece, lr, total))
+                if not ok:
                     self.restore()
                     return None
-                total += value
                 if interrupted():
                     self.restore()
                     rng.bit_generator.state = rng_state
@@ -111,44 +128,51 @@ class Engine:
         if not self.finite():
             self.restore()
             return None
-        return total / self.data.n_total
+        return total[0] / self.data.n_total
+
+    _batches_per_call = None
 
     def _pieces(self, block):
-        """A block cut into runs of whole batches of about WORK_PER_CALL work each."""
+        """A block cut into runs of whole batches, each a compiled call of about CALL_SECONDS."""
         X, Y, SW, index, bounds = block
         batch = self.data.batch
-        step = max(1, WORK_PER_CALL // max(1, batch * self.net.n_params)) * batch
-        for a in range(0, len(index), step):
-            yield X, Y, SW, index[a:a + step], bounds
+        if self._batches_per_call is None:
+            self._batches_per_call = max(
+                1, WORK_PER_CALL // epoch_work(batch, batch, self.net.n_params))
+        a = 0
+        while a < len(index):
+            k = self._batches_per_call
+            t0 = time.perf_counter()
+            yield X, Y, SW, index[a:a + k * batch], bounds
+            self._batches_per_call = resize(k, time.perf_counter() - t0)
+            a += k * batch
 
-    def _block_compiled(self, block, lrs):
-        """Rows index of a block through the compiled loop: their loss summed, or None."""
+    def _block_compiled(self, block, lrs, total):
+        """Rows index of a block through the compiled loop, their losses added to total (1,);
+        False if it diverged."""
         X, Y, SW, index, _ = block
         d, opt = self.data, self.state.optimizer
-        loss = np.empty(1)
         step = np.array([opt.step], dtype=np.int64)
-        done = K.train_epochs(self.net._params, opt.state, step, self.grads, loss, X, Y, SW,
+        done = K.train_epochs(self.net._params, opt.state, step, self.grads, total, X, Y, SW,
                               np.ascontiguousarray(index)[None, :], lrs, self.net._layout,
                               self.net._acts, self.use_blas, self.net._loss.code, d.batch,
                               opt.code, self.hyper, self.l2, *self.ws, self.backup)
         opt.step = int(step[0])
-        return loss[0] * len(index) if done else None
+        return bool(done)
 
-    def _block_reduced(self, block, lr):
+    def _block_reduced(self, block, lr, total):
         """A block step by step: this rank's rows of each global batch, the sums of all ranks,
-        one update. Returns the block's loss summed over rows, or None."""
+        one update; the losses added to total (1,). False if it diverged."""
         X, Y, SW, index, bounds = block
-        P = self.net.n_params
         buf = self.buf
-        total = 0.0
         for start, stop in bounds:
             self.gradient(X, Y, SW, index, start, stop, buf)
             self.reducer.sum(buf)
             value = self.apply(buf, lr)
             if value is None:
-                return None
-            total += value
-        return total
+                return False
+            total[0] += value
+        return True
 
     def gradient(self, X, Y, SW, index, start, stop, buf):
         """buf = [sum of gradient weights (P), sum of loss weights, weight sum, rows] over the
@@ -191,3 +215,31 @@ class Engine:
         K.optimizer_update(self.net._params, opt.state, grads, opt.code,
                            self.net.dtype.type(lr), self.hyper, opt.step)
         return value * rows
+
+
+class FullBatch:
+    """The mean loss and its gradient over every row of X (N, C_0), Y (N, T) with sample weights
+    SW (N,) or (0,), for full-batch optimisers (scikit-learn's L-BFGS): one compiled
+    ``batch_gradients`` call over the flat parameter buffer, workspaces allocated once. Call it
+    inside ``threads()``."""
+
+    def __init__(self, net, X, Y, SW):
+        self.net, self.X, self.Y, self.SW = net, X, Y, SW
+        n = X.shape[0]
+        self.index = np.arange(n, dtype=np.int64)
+        self.use_blas = net._use_blas(n)
+        self.ws = workspaces(net, n, Y.shape[1])
+        self.grads = np.empty_like(net._params)
+        self.no_l2 = np.zeros(2)
+
+    def threads(self):
+        return _threads.compute(self.use_blas.any())
+
+    def __call__(self):
+        """(mean loss, gradient (P,)) at the network's parameters now; the gradient is not
+        computed when the loss is not finite."""
+        net = self.net
+        value = K.batch_gradients(self.grads, net._params, self.X, self.Y, self.SW, self.index,
+                                  0, self.X.shape[0], net._layout, net._acts, self.use_blas,
+                                  net._loss.code, self.no_l2, *self.ws)
+        return value, self.grads

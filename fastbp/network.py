@@ -44,7 +44,8 @@ class Network:
         'sigmoid', 'relu', 'tanh', 'leaky_relu' (slope 0.01), 'identity'.
     loss: 'bce' (sigmoid outputs, one per binary target: targets 0/1 or in [0, 1], shape (n,)
         for one output, (n, sizes[-1]) for several, e.g. multilabel), 'cross_entropy' (softmax over
-        sizes[-1] >= 2 outputs, integer labels 0..K-1) or 'mse' (identity output, real targets).
+        sizes[-1] >= 2 outputs, integer labels 0..K-1), 'mse' (identity output, real targets) or
+        'poisson' (exp output, counts >= 0; half the Poisson deviance, as scikit-learn's).
     seed: integer seed of the initial weights and of the shuffling; None draws fresh entropy
         (kept in ``seed`` so the run can be repeated).
     dtype: np.float32 or np.float64.
@@ -227,9 +228,10 @@ class Network:
     def predict_proba(self, X):
         """P(y = 1), shape (n,) (or (n, sizes[-1]) when trained on 2-D targets), for 'bce'; the
         softmax, shape (n, K), for 'cross_entropy'."""
-        if self._loss.targets == "real":
+        if self._loss.targets in ("real", "counts"):
             raise ValueError("predict_proba needs a classification loss ('bce' or "
-                             "'cross_entropy'); this network's loss is 'mse': use predict")
+                             f"'cross_entropy'); this network's loss is {self.loss_name!r}: use "
+                             "predict")
         out, _ = self._evaluate(self._X(X))
         return out[:, 0] if self.loss_name == "bce" and self._targets_1d else out
 

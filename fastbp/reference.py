@@ -88,6 +88,9 @@ def loss_value(loss, logits, y):
         return float(-np.mean(log_softmax(z)[np.arange(len(y)), y]))
     if loss == "mse":
         return float(np.mean((z - y) ** 2))
+    if loss == "poisson":  # half the Poisson deviance of mean exp(z)
+        ylogy = np.where(y > 0, y * np.log(np.where(y > 0, y, 1.0)), 0.0)
+        return float(np.mean(np.exp(z) - y * z + ylogy - y))
     raise ValueError(f"unknown loss {loss!r}")
 
 
@@ -102,6 +105,8 @@ def loss_grad(loss, logits, y):
         return p / len(y)
     if loss == "mse":
         return 2 * (logits - y) / logits.size
+    if loss == "poisson":
+        return (np.exp(logits) - y) / logits.size
     raise ValueError(f"unknown loss {loss!r}")
 
 
@@ -111,6 +116,8 @@ def output(loss, logits):
         return sigmoid(logits)
     if loss == "cross_entropy":
         return np.exp(log_softmax(logits))
+    if loss == "poisson":
+        return np.exp(logits)
     return logits
 
 

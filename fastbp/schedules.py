@@ -82,15 +82,20 @@ class CosineAnnealingLR(Schedule):
 
 class InvScaling(Schedule):
     """scikit-learn's ``learning_rate='invscaling'``: lr / (samples + 1) ** power_t, where
-    samples counts the training samples seen before the epoch."""
+    samples counts the training samples seen before the epoch. ``seen``: samples seen before this
+    run (scikit-learn's cumulative ``t_`` across warm-start fits); the run's first epoch is at lr,
+    as scikit-learn's fresh optimiser is."""
 
     name = "invscaling"
 
-    def __init__(self, power_t=0.5):
+    def __init__(self, power_t=0.5, seen=0):
         self.power_t = check.real(power_t, "power_t", 0.0)
+        self.seen = check.integer(seen, "seen", 0)
 
     def rate(self, base_lr, epoch, samples):
-        return base_lr / (np.asarray(samples, dtype=np.float64) + 1) ** self.power_t
+        samples = np.asarray(samples, dtype=np.float64)
+        scaled = base_lr / (samples + self.seen * (samples > 0) + 1) ** self.power_t
+        return np.where(np.asarray(epoch) == 0, base_lr, scaled)
 
 
 class Adaptive(Schedule):

@@ -2,32 +2,44 @@
 ``from sklearn.neural_network import MLPClassifier`` for ``from fastbp.sklearn import
 MLPClassifier`` (likewise ``MLPRegressor``) and keep the rest of the code.
 
-Same parameters, meanings and fitted attributes as scikit-learn's, for the stochastic solvers
-'sgd' and 'adam' (not 'lbfgs'). The same random_state gives the same initial weights, the same
-early-stopping split and the same epoch orders as scikit-learn, and the updates are scikit-learn's
-(its momentum form, its Adam eps placement, its alpha penalty on weights only), so the weights
-after training agree with scikit-learn's to rounding; the arithmetic is fastbp's compiled kernels
-(float32 data trains in float32, like scikit-learn).
+Same parameters, meanings and fitted attributes as scikit-learn's, for every solver: 'sgd' and
+'adam' run fastbp's compiled epochs through fastbp's training driver; 'lbfgs' runs
+``scipy.optimize``'s L-BFGS-B over fastbp's compiled loss and gradient of the flat parameter
+buffer, minimising scikit-learn's objective. The same random_state gives the same initial weights,
+the same early-stopping split and the same epoch orders as scikit-learn, and the updates are
+scikit-learn's (its momentum form, its Adam eps placement, its alpha penalty on weights only), so
+the weights after training agree with scikit-learn's to rounding; the arithmetic is fastbp's
+compiled kernels (float32 data trains in float32, like scikit-learn).
 
-Needs scikit-learn (``pip install fastbp[sklearn]``); ``import fastbp`` does not import it.
+Needs scikit-learn (``pip install 'fastbp[sklearn]'``); ``import fastbp`` does not import it.
 """
 import warnings
 from numbers import Integral, Real
 
 import numpy as np
+
+try:
+    import sklearn  # noqa: F401
+except ImportError:
+    raise ImportError("fastbp.sklearn needs scikit-learn: pip install 'fastbp[sklearn]'") from None
+import scipy.optimize
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
+from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
 from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
                                       validate_data)
 
 from . import optim, schedules
 from .network import Network
+from .engine import FullBatch
 from .training import DivergenceError, fit as _train
 
 _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
@@ -47,7 +59,7 @@ class _BaseMLP(BaseEstimator):
     _parameter_constraints = {
         "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
         "activation": [StrOptions(set(_ACTIVATIONS))],
-        "solver": [StrOptions({"sgd", "adam"})],
+        "solver": [StrOptions({"lbfgs", "sgd", "adam"})],
         "alpha": [Interval(Real, 0, None, closed="left")],
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
@@ -66,7 +78,9 @@ class _BaseMLP(BaseEstimator):
         "beta_1": [Interval(Real, 0, 1, closed="left")],
         "beta_2": [Interval(Real, 0, 1, closed="left")],
         "epsilon": [Interval(Real, 0, None, closed="neither")],
-        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left"),
+                             Options(Real, {np.inf})],
+        "max_fun": [Interval(Integral, 1, None, closed="left")],
     }
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
@@ -74,7 +88,7 @@ class _BaseMLP(BaseEstimator):
                  learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10):
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -97,22 +111,57 @@ class _BaseMLP(BaseEstimator):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
 
     # -------------------------------------------------------------- fitted parameters
 
-    @property
-    def coefs_(self):
-        """Weight matrices, one (n_in, n_out) per layer: views of the network's parameters."""
-        if "_net" not in vars(self):
-            raise AttributeError("coefs_ is set by fit")
-        return self._net.weights
+    # coefs_ and intercepts_ are lists of views of the network's flat parameter buffer, so
+    # in-place edits reach the network; a list or an element assigned in their place is copied
+    # into the buffer before the next use (_pull), as scikit-learn would use it.
 
-    @property
-    def intercepts_(self):
-        """Bias vectors, one (n_out,) per layer: views of the network's parameters."""
-        if "_net" not in vars(self):
-            raise AttributeError("intercepts_ is set by fit")
-        return self._net.biases
+    def _publish(self):
+        self.coefs_, self.intercepts_ = self._net.weights, self._net.biases
+        self._published = (self.coefs_, self.intercepts_, list(self.coefs_),
+                           list(self.intercepts_))
+
+    def _pull(self):
+        """Copy assigned coefs_ / intercepts_ into the network (shapes checked)."""
+        pub = vars(self).get("_published")
+        if pub is None:
+            return
+        coefs, inters = vars(self).get("coefs_"), vars(self).get("intercepts_")
+        if (coefs is pub[0] and inters is pub[1] and all(a is b for a, b in zip(coefs, pub[2]))
+                and all(a is b for a, b in zip(inters, pub[3]))):
+            return
+        self._assign(coefs, inters)
+        self._publish()
+
+    def _assign(self, coefs, inters):
+        net = self._net
+        if len(coefs) != len(net.weights) or len(inters) != len(net.biases):
+            raise ValueError(f"coefs_ and intercepts_ need {len(net.weights)} arrays each, one "
+                             f"per layer; got {len(coefs)} and {len(inters)}")
+        for name, given, views in (("coefs_", coefs, net.weights),
+                                   ("intercepts_", inters, net.biases)):
+            for i, (g, v) in enumerate(zip(given, views)):
+                g = np.asarray(g)
+                if g.shape != v.shape:
+                    raise ValueError(f"{name}[{i}] has shape {g.shape}; the network needs "
+                                     f"{v.shape}")
+                v[...] = g
+
+    def __getstate__(self):
+        # the views would unpickle as copies, cut off from the network: rebuilt on load
+        self._pull()
+        state = dict(super().__getstate__())
+        for key in ("coefs_", "intercepts_", "_published"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "_net" in vars(self):
+            self._publish()
 
     # -------------------------------------------------------------- fitting
 
@@ -126,25 +175,38 @@ class _BaseMLP(BaseEstimator):
         hidden = list(hidden) if hasattr(hidden, "__iter__") else [hidden]
         if any(h <= 0 for h in hidden):
             raise ValueError(f"hidden_layer_sizes must be > 0, got {hidden}.")
-        first_pass = "_net" not in vars(self) or (not self.warm_start and not incremental)
+        # as scikit-learn: assigned coefs_ (no fit yet) or a fitted model is continued by
+        # warm_start and partial_fit
+        first_pass = "coefs_" not in vars(self) or (not self.warm_start and not incremental)
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         X, Y = self._validate_input(X, y, incremental, reset=first_pass)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
         rs = check_random_state(self.random_state)
-        if first_pass:
+        assigned = None
+        if not first_pass and "_net" not in vars(self):  # coefs_ set by hand before any fit
+            assigned = (self.coefs_, self.intercepts_)
+        if first_pass or assigned is not None:
             self._initialize(X, Y, hidden, rs)
-        elif self._net.sizes[1:-1] != tuple(hidden) or self._net.dtype != X.dtype:
-            raise ValueError("warm_start/partial_fit need the same hidden_layer_sizes and input "
-                             f"dtype as the first fit: {list(self._net.sizes[1:-1])}, "
-                             f"{self._net.dtype}")
-        self._fit_stochastic(X, Y, sample_weight, rs, incremental)
+            if assigned is not None:
+                self._assign(*assigned)
+        else:
+            self._pull()
+            if self._net.sizes[1:-1] != tuple(hidden) or self._net.dtype != X.dtype:
+                raise ValueError("warm_start/partial_fit need the same hidden_layer_sizes and "
+                                 f"input dtype as the first fit: {list(self._net.sizes[1:-1])},"
+                                 f" {self._net.dtype}")
+        if self.solver == "lbfgs":
+            self._fit_lbfgs(X, Y, sample_weight)
+        else:
+            self._fit_stochastic(X, Y, sample_weight, rs, incremental)
         return self
 
     def _initialize(self, X, Y, hidden, rs):
         n_out = Y.shape[1]
         sizes = [X.shape[1], *hidden, n_out]
+        self.n_outputs_ = n_out
         net = Network(sizes, activation=_ACTIVATIONS[self.activation], loss=self._loss_name(n_out),
                       seed=0, dtype=X.dtype)
         # scikit-learn's initialisation, draw for draw: Glorot-uniform weights and biases (bound
@@ -155,14 +217,16 @@ class _BaseMLP(BaseEstimator):
             W[...] = rs.uniform(-bound, bound, W.shape)
             b[...] = rs.uniform(-bound, bound, b.shape)
         self._net = net
+        self._publish()
         self.n_iter_ = 0
         self.t_ = 0
-        self.n_outputs_ = n_out
         self.n_layers_ = len(sizes)
         self.out_activation_ = self._out_activation(n_out)
+        self._best_params = net._params.copy()
+        if self.solver == "lbfgs":  # as scikit-learn: the stochastic bookkeeping only for those
+            return
         self.loss_curve_ = []
         self._no_improvement_count = 0
-        self._best_params = net._params.copy()
         if self.early_stopping:
             self.validation_scores_ = []
             self.best_validation_score_ = -np.inf
@@ -171,6 +235,74 @@ class _BaseMLP(BaseEstimator):
             self.best_loss_ = np.inf
             self.validation_scores_ = None
             self.best_validation_score_ = None
+
+    def _check_solver(self):
+        if self.solver not in ("sgd", "adam"):
+            raise AttributeError(f"partial_fit is only available for stochastic optimizers. "
+                                 f"{self.solver} is not stochastic.")
+        return True
+
+    # -------------------------------------------------------------- L-BFGS
+
+    def _packing(self):
+        """Positions in the flat buffer of scikit-learn's packed vector (every layer's weights,
+        then every layer's biases): L-BFGS sees the parameters in scikit-learn's order."""
+        layout = self._net._layout
+        w = [np.arange(w0, w0 + c * oc) for c, oc, w0, _ in layout]
+        b = [np.arange(b0, b0 + oc) for _, oc, _, b0 in layout]
+        return np.concatenate(w + b), np.concatenate(w)
+
+    def _loss_grad_lbfgs(self, packed, X, Y, sample_weight=None, *unused):
+        """scikit-learn's objective and its gradient at ``packed`` (its parameter order), as
+        its own ``_loss_grad_lbfgs`` (Y binarised as scikit-learn's)."""
+        full = FullBatch(self._net, *self._full_batch_data(X, Y, sample_weight))
+        with full.threads():
+            return self._objective(full, sample_weight)(packed)
+
+    def _full_batch_data(self, X, Y, sample_weight):
+        dt = self._net.dtype
+        SW = (np.empty(0, dt) if sample_weight is None
+              else np.ascontiguousarray(sample_weight, dtype=dt))
+        T = np.ascontiguousarray(self._targets(np.asarray(Y)), dtype=dt).reshape(len(Y), -1)
+        return np.ascontiguousarray(X, dtype=dt), T, SW
+
+    def _objective(self, full, sample_weight):
+        """packed -> (scikit-learn's loss, its gradient in its order): fastbp's mean loss and
+        gradient rescaled to scikit-learn's units, plus its L2 penalty alpha/2 |W|^2 / (weight
+        sum), biases excluded."""
+        net = self._net
+        order, weights = self._packing()
+        s, r = self._scale(), self._report()
+        wsum = full.X.shape[0] if sample_weight is None else float(np.sum(sample_weight))
+        alpha = self.alpha
+
+        def objective(packed):
+            net._params[order] = packed
+            value, grads = full()
+            if not np.isfinite(value):
+                return np.inf, np.zeros(len(order))
+            W = net._params[weights].astype(np.float64)
+            g = grads.astype(np.float64) * s
+            g[weights] += alpha * W / wsum
+            return r * value + 0.5 * alpha * float(W @ W) / wsum, g[order]
+        return objective
+
+    def _fit_lbfgs(self, X, Y, sample_weight):
+        net = self._net
+        full = FullBatch(net, *self._full_batch_data(X, Y, sample_weight))
+        order, _ = self._packing()
+        with full.threads():
+            res = scipy.optimize.minimize(
+                self._objective(full, sample_weight), net._params[order], method="L-BFGS-B",
+                jac=True, options=dict(maxfun=self.max_fun, maxiter=self.max_iter, gtol=self.tol,
+                                       **_get_additional_lbfgs_options_dict(
+                                           "iprint", 1 if self.verbose else -1)))
+        self.n_iter_ = _check_optimize_result("lbfgs", res, self.max_iter)
+        self.loss_ = float(res.fun)
+        net._params[order] = res.x
+        if not np.isfinite(net._params).all():
+            raise DivergenceError("Solver produced non-finite parameter weights. The input data "
+                                  "may contain large values and need to be preprocessed.", None)
 
     def _scale(self):
         """fastbp's losses are PyTorch's (means over every output); scikit-learn's gradient is of
@@ -185,7 +317,9 @@ class _BaseMLP(BaseEstimator):
 
     def _fit_stochastic(self, X, Y, sample_weight, rs, incremental):
         if self.early_stopping:
-            stratify = Y if is_classifier(self) and self.n_outputs_ == 1 else None
+            # as scikit-learn, whose binarised labels are booleans (its error messages name
+            # the classes 'True' and 'False')
+            stratify = Y.astype(bool) if is_classifier(self) and self.n_outputs_ == 1 else None
             parts = train_test_split(X, Y, *(() if sample_weight is None else (sample_weight,)),
                                      random_state=rs, test_size=self.validation_fraction,
                                      stratify=stratify)
@@ -212,15 +346,21 @@ class _BaseMLP(BaseEstimator):
                 self.learning_rate_init * s, momentum=self.momentum,
                 nesterov=bool(self.nesterovs_momentum and self.momentum > 0),
                 update_velocity=True))
-            sched = {"constant": None, "invscaling": schedules.InvScaling(self.power_t),
+            # invscaling: scikit-learn's rate follows its cumulative t_ across warm starts
+            sched = {"constant": None,
+                     "invscaling": schedules.InvScaling(self.power_t, seen=self.t_),
                      "adaptive": _Adaptive(min_lr=1e-6 * s)}[self.learning_rate]
         else:
             opt = dict(optimizer=optim.Adam(self.learning_rate_init, (self.beta_1, self.beta_2),
                                             self.epsilon / s, eps_inside=True))
             sched = None
-        # partial_fit continues the optimiser; fit (warm_start or not) starts a fresh one
-        resume = bool(incremental and self._net._train is not None)
+        # partial_fit continues the optimiser (and its schedule); fit (warm_start or not) starts
+        # a fresh one
         net = self._net
+        resume = bool(incremental and net._train is not None)
+        if resume:
+            opt, sched = dict(optimizer=net._train.optimizer), net._train.schedule
+        self.n_iter_ = 0  # as scikit-learn: the iterations of this call
         sample_idx = np.arange(n)
 
         def orders(m):
@@ -266,11 +406,14 @@ class _BaseMLP(BaseEstimator):
                    batch_size=batch, schedule=sched, shuffle=self.shuffle,
                    sample_weight=sw_train, l2=(self.alpha / s, self.alpha / self._report()),
                    resume=resume, orders=orders if self.shuffle else None,
-                   callbacks=[after_epoch], **opt)
+                   callbacks=[after_epoch], resume_any_batch=True, signed_weights=True, **opt)
         except DivergenceError as exc:
-            raise DivergenceError(
-                "Solver produced non-finite parameter weights. The input data may contain large "
-                f"values and need to be preprocessed. ({exc})", exc.history) from None
+            if not self.early_stopping:
+                raise DivergenceError(
+                    "Solver produced non-finite parameter weights. The input data may contain "
+                    f"large values and need to be preprocessed. ({exc})", exc.history) from None
+            # scikit-learn scores the diverged epoch as NaN and keeps the best weights
+            self.validation_scores_.append(np.nan)
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.")
         if self.early_stopping:
@@ -344,9 +487,6 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
                 raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` has "
                                  f"{self.classes_}. 'y' has {classes}.")
-        if len(self.classes_) < 2 and self._label_binarizer.y_type_ != "multilabel-indicator":
-            raise ValueError("The number of classes has to be greater than one; got "
-                             f"{len(self.classes_)} class")
         return X, self._label_binarizer.transform(y).astype(X.dtype)
 
     def _targets(self, Y):
@@ -365,6 +505,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             out = out.ravel()
         return self._label_binarizer.inverse_transform(out)
 
+    @available_if(lambda est: est._check_solver())
     def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over (X, y), continuing the optimiser's state; ``classes`` (every label
         that will ever be seen) is required on the first call."""
@@ -404,19 +545,18 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
-    """scikit-learn's ``MLPRegressor`` (squared error; solvers 'sgd' and 'adam') on fastbp's
-    kernels, with one or many targets. loss: 'squared_error' only (scikit-learn's 'poisson' is
-    not implemented)."""
+    """scikit-learn's ``MLPRegressor`` on fastbp's kernels, with one or many targets. loss:
+    'squared_error' (identity output) or 'poisson' (exp output, half the Poisson deviance)."""
 
     _parameter_constraints = {**_BaseMLP._parameter_constraints,
-                              "loss": [StrOptions({"squared_error"})]}
+                              "loss": [StrOptions({"squared_error", "poisson"})]}
 
     def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *,
                  solver="adam", alpha=0.0001, batch_size="auto", learning_rate="constant",
                  learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10):
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
             alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
@@ -424,22 +564,24 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             shuffle=shuffle, random_state=random_state, tol=tol, verbose=verbose,
             warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
             early_stopping=early_stopping, validation_fraction=validation_fraction,
-            beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change)
+            beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change,
+            max_fun=max_fun)
         self.loss = loss
 
     def _loss_name(self, n_out):
-        return "mse"
+        return "poisson" if self.loss == "poisson" else "mse"
 
     def _out_activation(self, n_out):
-        return "identity"
+        return "exp" if self.loss == "poisson" else "identity"
 
     def _scale(self):
-        # 0.5 * sum over outputs of the squared error = (n_outputs / 2) x fastbp's mean
-        return self.n_outputs_ / 2.0
+        # poisson: summed over the outputs, n_outputs x fastbp's mean (its gradient too);
+        # squared error: 0.5 * sum over outputs = (n_outputs / 2) x fastbp's mean
+        return float(self.n_outputs_) if self.loss == "poisson" else self.n_outputs_ / 2.0
 
     def _report(self):
-        # scikit-learn reports half the mean over samples and outputs: 1/2 x fastbp's
-        return 0.5
+        # squared error: scikit-learn reports half the mean over samples and outputs
+        return float(self.n_outputs_) if self.loss == "poisson" else 0.5
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True,
@@ -462,6 +604,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             return np.nan
         return r2_score(y, pred, sample_weight=sample_weight)
 
+    @available_if(lambda est: est._check_solver())
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y), continuing the optimiser's state."""
         if "_net" not in vars(self):

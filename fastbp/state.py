@@ -79,17 +79,20 @@ class TrainState:
             raise ValueError("resume=True needs a network that has been trained with fit "
                              "(or loaded from a checkpoint); this one has no training state")
         new_cfg, old_cfg = fresh.config(), old.config()
-        for key in ("optimizer", "schedule", "batch_size", "shuffle"):
+        keys = ("optimizer", "schedule") + (() if cfg.resume_any_batch
+                                            else ("batch_size", "shuffle"))
+        for key in keys:
             if old_cfg[key] != new_cfg[key]:
                 raise ValueError(f"resume=True continues the saved run, whose {key} is "
                                  f"{old_cfg[key]!r}; this call asks for {new_cfg[key]!r}. Pass "
                                  f"the same {key} (or resume=False for a new run)")
         return old
 
-    def attach(self, net, one_d):
+    def attach(self, net, one_d, cfg):
         """Make this the network's run (fresh optimiser buffers unless it is already its own)."""
         if net._train is not self:
             self.optimizer.init_state(net.n_params, net.dtype)
+        self.batch_size, self.shuffle = cfg.batch_size, cfg.shuffle
         net._train = self
         net._targets_1d = one_d
 

@@ -24,7 +24,7 @@ import numpy as np
 from . import config as _config
 from . import data as _data
 from . import state as _state
-from .engine import WORK_PER_CALL, Engine
+from .engine import CALL_SECONDS, WORK_PER_CALL, Engine, epoch_work, resize
 ORDER_BUDGET = 1 << 20  # the most sample indices drawn ahead for shuffled epochs
 
 
@@ -151,7 +151,7 @@ def fit(net, X, y, **options):
     else:
         cfg, data, st = reducer.agree(net, prepare)
     # Every check has passed: from here on the network is touched.
-    st.attach(net, data.one_d)
+    st.attach(net, data.one_d, cfg)
     engine = Engine(net, data, st, cfg.l2, reducer)
     run = _Run(net, cfg, data, st, engine, reducer)
     guard = nullcontext() if reducer is None else reducer.abort_on_error()
@@ -172,24 +172,26 @@ class _Run:
         self.net, self.cfg, self.data, self.st = net, cfg, data, st
         self.engine, self.reducer = engine, reducer
         self.lead = reducer is None or reducer.rank == 0  # who prints and writes checkpoints
-        self.per_epoch = cfg.per_epoch or data.streamed
+        self.per_epoch = cfg.per_epoch or data.streamed  # something acts after every epoch
         self.history = History()
 
     def epochs(self, interrupted):
         cfg, st, data, hist = self.cfg, self.st, self.data, self.history
         bar = _progress_bar(cfg.epochs) if cfg.progress and self.lead else None
-        work = max(1, data.n * self.net.n_params)
-        per_call = 1 if self.per_epoch else max(1, min(cfg.epochs, WORK_PER_CALL // work))
-        if st.shuffle and not self.per_epoch:
-            per_call = max(1, min(per_call, ORDER_BUDGET // data.n))
+        work = epoch_work(data.n, data.batch, self.net.n_params)
+        order_cap = max(1, ORDER_BUDGET // data.n) if st.shuffle else cfg.epochs
+        per_call = max(1, min(cfg.epochs, WORK_PER_CALL // work, order_cap))
+        # epochs longer than a compiled call go through the engine in pieces of
+        # batches (the same arithmetic, cut where Ctrl-C can be seen)
+        pieces = self.per_epoch or work > 4 * WORK_PER_CALL
         done = 0
         try:
             while done < cfg.epochs:
-                count = min(per_call, cfg.epochs - done)
+                count = 1 if pieces else min(per_call, cfg.epochs - done)
                 if cfg.log_every:  # stop each call on a logging epoch
                     count = min(count, cfg.log_every - st.epoch % cfg.log_every)
                 t0 = time.perf_counter()
-                if self.per_epoch:
+                if pieces:
                     lr = st.lrs(1, data.n_total, np.float64)[0]
                     loss = self.engine.epoch(lr, self.net._shuffle_rng, interrupted)
                     losses, lrs = ([] if loss is None else [loss]), [lr]
@@ -198,6 +200,9 @@ class _Run:
                     losses = self.engine.run_epochs(lrs, self._orders(count))
                     lrs = lrs[:len(losses)]
                 seconds = time.perf_counter() - t0
+                if not pieces:
+                    per_call = min(resize(count, seconds), order_cap)
+                    pieces = count == 1 and seconds > 2 * CALL_SECONDS
                 st.advance(len(losses), data.n_total)
                 self._record(losses, lrs)
                 done += len(losses)

@@ -81,3 +81,20 @@ def test_kernel_level_callers_run_from_a_warm_cache_in_fresh_processes(tmp_path)
         run = subprocess.run([sys.executable, "-c", KERNEL_CALLER], env=env, timeout=600,
                              capture_output=True, text=True)
         assert run.returncode == 0 and "ok" in run.stdout, (run.returncode, run.stderr[-2000:])
+
+
+@pytest.mark.parametrize("sizes,batch", [([6, 9, 3], 4), ([64, 96, 80, 10], 32)])
+def test_how_a_run_is_cut_into_compiled_calls_never_changes_a_bit(monkeypatch, sizes, batch):
+    from fastbp import engine, training
+    X, y = make_data("cross_entropy", 200, sizes[0], sizes[-1], seed=3)
+    kw = dict(epochs=5, batch_size=batch, optimizer="adam", lr=0.01, schedule="cosine")
+    whole = fastbp.Network(sizes, seed=2, dtype=np.float64)
+    h_whole = whole.fit(X, y, **kw)
+    # every epoch in pieces of one batch, each a compiled call of its own
+    monkeypatch.setattr(engine, "WORK_PER_CALL", 1)
+    monkeypatch.setattr(training, "WORK_PER_CALL", 1)
+    monkeypatch.setattr(engine, "CALL_SECONDS", 0.0)
+    cut = fastbp.Network(sizes, seed=2, dtype=np.float64)
+    h_cut = cut.fit(X, y, **kw)
+    assert np.array_equal(whole._params, cut._params)
+    assert h_whole.loss == h_cut.loss

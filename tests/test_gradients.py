@@ -99,6 +99,10 @@ def torch_loss(torch, net, X, y):
         value = F.binary_cross_entropy_with_logits(a[:, 0], torch.tensor(y, dtype=a.dtype))
     elif net.loss_name == "cross_entropy":
         value = F.cross_entropy(a, torch.tensor(y))
+    elif net.loss_name == "poisson":  # torch drops the constant y log y - y of the deviance
+        t = torch.tensor(y)
+        value = F.poisson_nll_loss(a, t, log_input=True, full=False) + torch.mean(
+            torch.xlogy(t, t) - t)
     else:
         value = F.mse_loss(a, torch.tensor(y))
     return value, Ws, bs
