@@ -234,6 +234,77 @@ def dense_backward(dinp, dweight, dbias, dout, inp, weight, use_blas, need_dinp)
                 _dinp_row(dinp, dout, weight, b)
 
 
+# --------------------------------------------------------------------------- sparse first layer
+# X in CSR form (data, indices, indptr): the rows index[start:start + B] of the batch are read
+# where they are stored, never densified. The sums run over each row's stored values in order,
+# the same terms in the same order as the dense loops less the zero ones.
+
+
+@njit(cache=True)
+def _sparse_forward_row(out, data, indices, indptr, index, start, weight, bias, b):
+    """Row b of out (B, OC) = X[index[start + b]] @ weight (C, OC) + bias."""
+    OC = weight.shape[1]
+    r = index[start + b]
+    for o in range(OC):
+        out[b, o] = bias[o]
+    for k in range(indptr[r], indptr[r + 1]):
+        x = data[k]
+        c = indices[k]
+        for o in range(OC):
+            out[b, o] += x * weight[c, o]
+
+
+@njit(parallel=True, cache=True)
+def sparse_forward(out, data, indices, indptr, index, start, weight, bias):
+    """out (B, OC) = X[index[start:start + B]] @ weight (C, OC) + bias (OC,), X (N, C) in CSR
+    (data (nnz,), indices (nnz,), indptr (N + 1,)); parallel over batch rows."""
+    B, OC = out.shape
+    if _parallel(B * OC):
+        for b in prange(B):
+            _sparse_forward_row(out, data, indices, indptr, index, start, weight, bias,
+                                np.int64(b))
+    else:
+        for b in range(B):
+            _sparse_forward_row(out, data, indices, indptr, index, start, weight, bias, b)
+
+
+@njit(cache=True)
+def _sparse_dweight_block(dweight, data, indices, indptr, index, start, dout, k):
+    """Columns [k * BIAS_BLOCK, ...) of dweight (C, OC) = X_batch^T @ dout (B, OC): zeroed, then
+    each batch row's stored values scattered, rows in order."""
+    B, OC = dout.shape
+    o0 = k * BIAS_BLOCK
+    o1 = min(OC, o0 + BIAS_BLOCK)
+    for c in range(dweight.shape[0]):
+        for o in range(o0, o1):
+            dweight[c, o] = 0
+    for b in range(B):
+        r = index[start + b]
+        for kk in range(indptr[r], indptr[r + 1]):
+            x = data[kk]
+            c = indices[kk]
+            for o in range(o0, o1):
+                dweight[c, o] += x * dout[b, o]
+
+
+@njit(parallel=True, cache=True)
+def sparse_backward(dweight, dbias, dout, data, indices, indptr, index, start):
+    """Backward of ``sparse_forward`` (the first layer: no input gradient): dweight (C, OC) =
+    X_batch^T @ dout, dbias (OC,) = sum over rows of dout. Parallel over blocks of output
+    features, so each element has one writer and its sum runs over rows in order."""
+    OC = dout.shape[1]
+    nblk = (OC + BIAS_BLOCK - 1) // BIAS_BLOCK
+    if _parallel(dweight.shape[0] * OC):
+        for k in prange(nblk):
+            _sparse_dweight_block(dweight, data, indices, indptr, index, start, dout,
+                                  np.int64(k))
+            _dbias_block(dbias, dout, np.int64(k))
+    else:
+        for k in range(nblk):
+            _sparse_dweight_block(dweight, data, indices, indptr, index, start, dout, k)
+            _dbias_block(dbias, dout, k)
+
+
 # --------------------------------------------------------------------------- activations
 
 
@@ -612,15 +683,20 @@ def network_forward(act_buf, params, inp, layout, acts, use_blas):
     the last holds the logits (the loss applies the output activation).
     """
     B = inp.shape[0]
+    W, bias = layer_views(params, layout, 0)
+    dense_forward(activation_view(act_buf, layout, B, 0), inp, W, bias, use_blas[0])
+    forward_rest(act_buf, params, B, layout, acts, use_blas)
+
+
+@njit(cache=True)
+def forward_rest(act_buf, params, B, layout, acts, use_blas):
+    """Layers 1..L-1 of the forward pass, from the first layer's output A_0 in act_buf."""
     L = layout.shape[0]
-    a = inp
-    for l in range(L):
-        if l > 0:
-            activation_forward(a, acts[l - 1])
+    for l in range(1, L):
+        a = activation_view(act_buf, layout, B, l - 1)
+        activation_forward(a, acts[l - 1])
         W, bias = layer_views(params, layout, l)
-        out = activation_view(act_buf, layout, B, l)
-        dense_forward(out, a, W, bias, use_blas[l])
-        a = out
+        dense_forward(activation_view(act_buf, layout, B, l), a, W, bias, use_blas[l])
 
 
 @njit(cache=True)
@@ -631,22 +707,32 @@ def network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, use_b
     delta_buf (2 * B * max hidden width) holds the hidden deltas, two slots used in turn.
     """
     B = inp.shape[0]
+    dout = backward_rest(grads, delta_buf, params, act_buf, B, layout, acts, use_blas)
+    W, _ = layer_views(params, layout, 0)
+    dW, db = layer_views(grads, layout, 0)
+    # The network's input needs no gradient: an empty dinp, and need_dinp a runtime False (one
+    # compiled dense_backward serves every call: a literal flag would compile a second one).
+    dense_backward(delta_buf[:0].reshape((B, 0)), dW, db, dout, inp, W, use_blas[0], B < 0)
+
+
+@njit(cache=True)
+def backward_rest(grads, delta_buf, params, act_buf, B, layout, acts, use_blas):
+    """Layers L-1..1 of the backward pass (see network_backward); returns dL/dZ_0 (B, OC_0), the
+    first layer's output delta, for its own backward (dense or sparse)."""
     L = layout.shape[0]
     dout = activation_view(act_buf, layout, B, L - 1)
     half = delta_buf.shape[0] // 2
-    for l in range(L - 1, -1, -1):
+    for l in range(L - 1, 0, -1):
         W, bias = layer_views(params, layout, l)
         dW, db = layer_views(grads, layout, l)
-        C = layout[l, LAY_C] if l > 0 else 0  # layer 0 writes no dinp: an empty view
+        C = layout[l, LAY_C]
         s0 = (l % 2) * half
         dinp = delta_buf[s0:s0 + B * C].reshape((B, C))
-        a_prev = activation_view(act_buf, layout, B, l - 1) if l > 0 else inp
-        # The network's input needs no gradient: layer 0 skips dinp (one call site, so the
-        # kernel compiles once, not once per literal flag).
+        a_prev = activation_view(act_buf, layout, B, l - 1)
         dense_backward(dinp, dW, db, dout, a_prev, W, use_blas[l], l > 0)
-        if l > 0:
-            activation_backward(dinp, a_prev, acts[l - 1])
+        activation_backward(dinp, a_prev, acts[l - 1])
         dout = dinp
+    return dout
 
 
 @njit(cache=True)
@@ -714,16 +800,24 @@ def weight_sum(SW, index, start, stop):
 
 
 @njit(cache=True)
-def _batch_gradients_layers(grads, params, X, Y, SW, index, start, stop, layout, acts, use_blas,
-                            loss, inp_buf, tgt_buf, act_buf, delta_buf, row_loss):
-    """``batch_gradients`` through the per-layer kernels (gather, forward, fused loss, backward)."""
+def _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts,
+                            use_blas, loss, inp_buf, tgt_buf, act_buf, delta_buf, row_loss):
+    """``batch_gradients`` through the per-layer kernels (gather, forward, fused loss, backward);
+    a sparse X (Xs) goes through the sparse first layer instead of being gathered."""
     B = stop - start
-    C0 = X.shape[1]
+    sparse = Xs[2].shape[0] > 0
+    C0 = 0 if sparse else X.shape[1]  # sparse: only the targets are gathered
     T = Y.shape[1]
     inp = inp_buf[:B * C0].reshape((B, C0))
     tgt = tgt_buf[:B * T].reshape((B, T))
     gather_rows(inp, tgt, X, Y, index, start)
-    network_forward(act_buf, params, inp, layout, acts, use_blas)
+    if sparse:
+        W0, b0 = layer_views(params, layout, 0)
+        sparse_forward(activation_view(act_buf, layout, B, 0), Xs[0], Xs[1], Xs[2], index, start,
+                       W0, b0)
+        forward_rest(act_buf, params, B, layout, acts, use_blas)
+    else:
+        network_forward(act_buf, params, inp, layout, acts, use_blas)
     logits = activation_view(act_buf, layout, B, layout.shape[0] - 1)
     value = loss_forward(row_loss[:B], logits, tgt, loss)
     if SW.shape[0] > 0:
@@ -741,7 +835,12 @@ def _batch_gradients_layers(grads, params, X, Y, SW, index, start, stop, layout,
                 f = SW[index[start + b]] * B / wsum
                 for o in range(logits.shape[1]):
                     logits[b, o] *= f
-        network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, use_blas)
+        if sparse:
+            dout = backward_rest(grads, delta_buf, params, act_buf, B, layout, acts, use_blas)
+            dW0, db0 = layer_views(grads, layout, 0)
+            sparse_backward(dW0, db0, dout, Xs[0], Xs[1], Xs[2], index, start)
+        else:
+            network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, use_blas)
     return value
 
 
@@ -875,10 +974,13 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
 
 
 @njit(cache=True)
-def batch_gradients(grads, params, X, Y, SW, index, start, stop, layout, acts, use_blas, loss,
-                    l2, inp_buf, tgt_buf, act_buf, delta_buf, row_loss):
+def batch_gradients(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts, use_blas,
+                    loss, l2, inp_buf, tgt_buf, act_buf, delta_buf, row_loss):
     """grads (P,) = the gradient of the mean loss over the rows index[start:stop] of X (N, C_0),
     Y (N, T); returns that mean loss. After a non-finite loss grads are not to be used.
+
+    Xs: X in CSR form (data (nnz,), indices (nnz,), indptr (N + 1,)) for sparse input, X then an
+    empty (0, C_0) array; three empty arrays for dense input.
 
     SW (N,): sample weights (the weighted mean, as scikit-learn), or (0,) for none. l2 (2,):
     scikit-learn's alpha penalty, biases excluded: l2[0] * W / (sum of the batch's weights) is
@@ -886,10 +988,10 @@ def batch_gradients(grads, params, X, Y, SW, index, start, stop, layout, acts, u
     differ only where the loss is reported in other units than its gradient); zeros for none.
     Networks with a layer large enough for BLAS go through the per-layer kernels (the batch
     gathered into inp_buf / tgt_buf; act_buf, delta_buf and row_loss workspaces for at least
-    stop - start rows); networks too small for BLAS through one fused loop.
+    stop - start rows); networks too small for BLAS, with dense input, through one fused loop.
     """
-    if use_blas.any():
-        value = _batch_gradients_layers(grads, params, X, Y, SW, index, start, stop, layout,
+    if use_blas.any() or Xs[2].shape[0] > 0:
+        value = _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, layout,
                                         acts, use_blas, loss, inp_buf, tgt_buf, act_buf,
                                         delta_buf, row_loss)
     else:
@@ -908,12 +1010,12 @@ def _with_l2(value, grads, params, layout, SW, index, start, stop, l2):
 
 
 @njit(cache=True)
-def train_epochs(params, state, step, grads, epoch_loss, X, Y, SW, order, lrs, layout, acts,
+def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, lrs, layout, acts,
                  use_blas, loss, batch_size, opt, hyper, l2,
                  inp_buf, tgt_buf, act_buf, delta_buf, row_loss, backup):
     """Minibatch training for E = epoch_loss.shape[0] epochs, all inside compiled code.
 
-    X (M, C_0), Y (M, T), SW (M,) or (0,) as for ``batch_gradients``; order (E or 1, N) holds each
+    X (M, C_0), Xs, Y (M, T), SW (M,) or (0,) as for ``batch_gradients``; order (E or 1, N) holds each
     epoch's sample order (one row reused when there is no shuffling; N < M when the caller splits
     an epoch over calls); lrs (E,) each epoch's learning rate. params, state (see
     ``optimizer_update``), grads (P,) and step (1,), the count of updates so far, change in place;
@@ -927,7 +1029,7 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Y, SW, order, lrs, l
     """
     N = order.shape[1]
     E = epoch_loss.shape[0]
-    fused = not use_blas.any()
+    fused = not use_blas.any() and Xs[2].shape[0] == 0
     weighted = SW.shape[0] > 0
     t = step[0]
     for e in range(E):
@@ -947,7 +1049,7 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Y, SW, order, lrs, l
                 value = _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop,
                                                layout, acts, loss, act_buf, delta_buf)
             else:
-                value = _batch_gradients_layers(grads, params, X, Y, SW, index, start, stop,
+                value = _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop,
                                                 layout, acts, use_blas, loss, inp_buf, tgt_buf,
                                                 act_buf, delta_buf, row_loss)
             if l2[0] != 0:
@@ -970,23 +1072,33 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Y, SW, order, lrs, l
 
 
 @njit(cache=True)
-def evaluate(out, row_loss, params, X, Y, layout, acts, use_blas, loss, inp_buf, act_buf, with_loss):
+def evaluate(out, row_loss, params, X, Xs, index, Y, layout, acts, use_blas, loss, inp_buf,
+             act_buf, with_loss):
     """Forward X (N, C_0) in chunks of row_loss.shape[0] rows.
 
     Writes the output activation (probabilities, or the identity output for mse) into out (N, OC)
-    and, when with_loss, returns the mean loss against Y (N, T), else 0.
+    and, when with_loss, returns the mean loss against Y (N, T), else 0. Sparse X: Xs as for
+    ``batch_gradients``, index (N,) = 0..N-1 (the rows in order); dense: Xs and index empty.
     """
-    N, C0 = X.shape
+    N = out.shape[0]
+    C0 = X.shape[1]
+    sparse = Xs[2].shape[0] > 0
     L = layout.shape[0]
     chunk = row_loss.shape[0]
     total = 0.0
     for start in range(0, N, chunk):
         B = min(chunk, N - start)
-        inp = inp_buf[:B * C0].reshape((B, C0))
-        for b in range(B):
-            for c in range(C0):
-                inp[b, c] = X[start + b, c]
-        network_forward(act_buf, params, inp, layout, acts, use_blas)
+        if sparse:
+            W0, b0 = layer_views(params, layout, 0)
+            sparse_forward(activation_view(act_buf, layout, B, 0), Xs[0], Xs[1], Xs[2], index,
+                           start, W0, b0)
+            forward_rest(act_buf, params, B, layout, acts, use_blas)
+        else:
+            inp = inp_buf[:B * C0].reshape((B, C0))
+            for b in range(B):
+                for c in range(C0):
+                    inp[b, c] = X[start + b, c]
+            network_forward(act_buf, params, inp, layout, acts, use_blas)
         logits = activation_view(act_buf, layout, B, L - 1)
         if with_loss:
             total += loss_forward(row_loss[:B], logits, Y[start:start + B], loss) * B

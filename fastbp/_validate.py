@@ -1,8 +1,58 @@
 """Checks at the public boundary. Each raises a ValueError or TypeError that names the argument and
 says what was expected; the compiled code behind the boundary trusts what passed."""
 import numbers
+from collections import namedtuple
 
 import numpy as np
+
+# A validated sparse X: CSR arrays in the network's dtype and int64, never densified.
+Sparse = namedtuple("Sparse", "shape data indices indptr")
+NO_SPARSE = {}  # dtype -> the three empty arrays the kernels take for dense input
+
+
+def no_sparse(dtype):
+    """The kernels' Xs argument for dense input: three empty arrays."""
+    dtype = np.dtype(dtype)
+    if dtype not in NO_SPARSE:
+        NO_SPARSE[dtype] = (np.empty(0, dtype), np.empty(0, np.int64), np.empty(0, np.int64))
+    return NO_SPARSE[dtype]
+
+
+def is_sparse(X):
+    """A scipy.sparse matrix or array (without importing scipy.sparse for dense input)."""
+    return type(X).__module__.startswith("scipy.sparse") and hasattr(X, "tocsr")
+
+
+def sparse_features(X, n_features, dtype, name="X"):
+    """A scipy.sparse X as a Sparse of CSR arrays ((n, n_features), data in dtype, indices and
+    indptr int64): converted row-major once (CSC and COO too), checked, never densified."""
+    csr = X.tocsr()
+    if len(csr.shape) != 2:
+        raise ValueError(f"{name} must be 2-D, shape (n_samples, n_features); got shape "
+                         f"{csr.shape}")
+    n, c = csr.shape
+    if n == 0:
+        raise ValueError(f"{name} is empty: it needs at least one sample")
+    if c != n_features:
+        raise ValueError(f"{name} has {c} features per sample; this network expects "
+                         f"{n_features} (sizes[0])")
+    if csr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold numbers (bool, integer or float); got dtype {csr.dtype}")
+    with np.errstate(over="ignore"):
+        data = np.ascontiguousarray(csr.data, dtype=dtype)
+    _finite(data, name, dtype)
+    return Sparse((n, c), data, np.ascontiguousarray(csr.indices, dtype=np.int64),
+                  np.ascontiguousarray(csr.indptr, dtype=np.int64))
+
+
+def sparse_rows(X, rows):
+    """The rows ``rows`` of a Sparse X, as a Sparse."""
+    starts, stops = X.indptr[rows], X.indptr[rows + 1]
+    lengths = stops - starts
+    indptr = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    pos = np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1])
+    return Sparse((len(rows), X.shape[1]), X.data[pos], X.indices[pos], indptr)
 
 
 def _as_numeric_array(value, name):

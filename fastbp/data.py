@@ -136,6 +136,10 @@ class TrainData:
         self.orders = cfg.orders
         rank, ranks, sharded = part or (0, 1, False)
         self.streamed = wants_stream(X, cfg.stream)
+        if self.streamed and check.is_sparse(X):
+            raise TypeError("X: a sparse matrix is trained in memory (it is never densified); "
+                            "pass stream=None or False")
+        self.Xs = check.no_sparse(net.dtype)
         if self.streamed:
             self.stream = Stream(X, net.sizes[0], net.dtype, cfg.batch_size,
                                  part=(rank, ranks) if part and not sharded else (0, 1))
@@ -161,10 +165,18 @@ class TrainData:
             rng = np.random.default_rng(np.random.SeedSequence(net.seed, spawn_key=(2,)))
             perm = rng.permutation(n)
             keep, held = np.sort(perm[n_val:]), np.sort(perm[:n_val])
-            self.val = (self.X[held], Y[held])
-            self.X, Y = np.ascontiguousarray(self.X[keep]), np.ascontiguousarray(Y[keep])
+            if isinstance(self.X, check.Sparse):
+                self.val = (check.sparse_rows(self.X, held), Y[held])
+                self.X = check.sparse_rows(self.X, keep)
+            else:
+                self.val = (self.X[held], Y[held])
+                self.X = np.ascontiguousarray(self.X[keep])
+            Y = np.ascontiguousarray(Y[keep])
             SW = SW[keep] if SW.size else SW
             n -= n_val
+        if isinstance(self.X, check.Sparse):  # the kernels take CSR arrays and an empty X
+            self.Xs = tuple(self.X[1:])
+            self.X = np.empty((0, net.sizes[0]), net.dtype)
         if cfg.early_stopping and self.val is None:
             raise ValueError("early_stopping=True needs validation_data or validation_split")
         self.Y, self.SW, self.n = Y, SW, n
@@ -180,7 +192,9 @@ class TrainData:
             Xv, yv = pair
         except (TypeError, ValueError):
             raise TypeError("validation_data must be a pair (X_val, y_val)") from None
-        Xv = check.features(Xv, net.sizes[0], net.dtype, name="validation_data[0] (X_val)")
+        name = "validation_data[0] (X_val)"
+        Xv = (check.sparse_features(Xv, net.sizes[0], net.dtype, name) if check.is_sparse(Xv)
+              else check.features(Xv, net.sizes[0], net.dtype, name=name))
         Yv, _ = check.targets(yv, Xv.shape[0], net._loss.targets, net.sizes[-1], net.dtype,
                               name="validation_data[1] (y_val)")
         return Xv, Yv
@@ -216,10 +230,13 @@ class TrainData:
         return rng.permutation(n) if shuffle else np.arange(n)
 
     def blocks(self, rng, shuffle, reducer):
-        """The epoch as blocks (X, Y, SW, index, bounds): the rows index of X, Y, SW in training
+        """The epoch as blocks (X, Xs, Y, SW, index, bounds): the rows index of X (or of its sparse
+        form Xs, see _kernels.batch_gradients), Y, SW in training
         order; bounds, with a reducer, the (start, stop) of this rank's rows of each step."""
         if not self.streamed:
-            yield self._block(self.X, self.Y, self.SW, self.order(rng, shuffle, self.n), reducer)
+            index = self.order(rng, shuffle, self.n)
+            yield (self.X, self.Xs, self.Y, self.SW, index,
+                   None if reducer is None else self._bounds(len(index)))
             return
         s = self.stream
         steps = 0
@@ -227,27 +244,24 @@ class TrainData:
             index = self.order(rng, shuffle, b - a)
             SW = self.SW[a:b] if self.SW.size else self.SW
             if reducer is None:
-                yield s.read(a, b), self.Y[a:b], SW, index, None
+                yield s.read(a, b), self.Xs, self.Y[a:b], SW, index, None
                 continue
             bounds = self._bounds(b - a)
             steps += len(bounds)
             mine = np.concatenate([index[lo:hi] for lo, hi in bounds])
             if mine.size == 0:
-                yield self.X_empty(), self.Y[a:a], SW[:0], mine, bounds
+                yield self.X_empty(), self.Xs, self.Y[a:a], SW[:0], mine, bounds
                 continue
             rows = np.sort(mine)
             # this rank reads only its own rows; index maps the training order onto them
-            yield (s.read_rows(a, rows), self.Y[a + rows], SW[rows] if SW.size else SW,
+            yield (s.read_rows(a, rows), self.Xs, self.Y[a + rows], SW[rows] if SW.size else SW,
                    np.searchsorted(rows, mine), self._consecutive(bounds))
         if reducer is not None and steps < self.steps:  # a shard with fewer chunks: empty steps
-            yield self.X_empty(), self.Y[:0], self.SW[:0], np.empty(0, np.int64), \
+            yield self.X_empty(), self.Xs, self.Y[:0], self.SW[:0], np.empty(0, np.int64), \
                 [(0, 0)] * (self.steps - steps)
 
     def X_empty(self):
         return np.empty((0, self.net.sizes[0]), self.net.dtype)
-
-    def _block(self, X, Y, SW, index, reducer):
-        return X, Y, SW, index, None if reducer is None else self._bounds(len(index))
 
     def _bounds(self, m):
         """(start, stop) into an order of m rows of this rank's rows of each step."""

@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _kernels as K
 from . import _threads
+from . import _validate as check
 
 # Compiled calls are bounded in time, so that Ctrl-C is seen within a fraction of a second: the
 # first call of a run takes on WORK_PER_CALL work, in (rows + 4 x optimiser steps) x parameters
@@ -27,9 +28,10 @@ CALL_SECONDS = 0.08
 def resize(count, seconds):
     """The count of units (epochs or batches) for the next call, from the last call's count and
     seconds: about CALL_SECONDS, growing at most 4x a call."""
-    if seconds <= 0:
-        return count * 4
-    return max(1, min(count * 4, int(count * CALL_SECONDS / seconds)))
+    grown = min(count * 4, 1 << 40)
+    if seconds * grown <= count * CALL_SECONDS:  # also when the clock saw no time pass
+        return grown
+    return max(1, int(count * CALL_SECONDS / seconds))
 
 
 def epoch_work(n, batch, n_params):
@@ -96,8 +98,8 @@ class Engine:
         d, opt = self.data, self.state.optimizer
         losses = np.zeros(len(lrs))
         step = np.array([opt.step], dtype=np.int64)
-        done = K.train_epochs(self.net._params, opt.state, step, self.grads, losses, d.X, d.Y,
-                              d.SW, order, lrs, self.net._layout, self.net._acts, self.use_blas,
+        done = K.train_epochs(self.net._params, opt.state, step, self.grads, losses, d.X, d.Xs,
+                              d.Y, d.SW, order, lrs, self.net._layout, self.net._acts, self.use_blas,
                               self.net._loss.code, d.batch, opt.code, self.hyper, self.l2,
                               *self.ws, self.backup)
         opt.step = int(step[0])
@@ -134,26 +136,26 @@ class Engine:
 
     def _pieces(self, block):
         """A block cut into runs of whole batches, each a compiled call of about CALL_SECONDS."""
-        X, Y, SW, index, bounds = block
+        X, Xs, Y, SW, index, bounds = block
         batch = self.data.batch
         if self._batches_per_call is None:
             self._batches_per_call = max(
                 1, WORK_PER_CALL // epoch_work(batch, batch, self.net.n_params))
         a = 0
         while a < len(index):
-            k = self._batches_per_call
+            k = min(self._batches_per_call, -(-(len(index) - a) // batch))
             t0 = time.perf_counter()
-            yield X, Y, SW, index[a:a + k * batch], bounds
+            yield X, Xs, Y, SW, index[a:a + k * batch], bounds
             self._batches_per_call = resize(k, time.perf_counter() - t0)
             a += k * batch
 
     def _block_compiled(self, block, lrs, total):
         """Rows index of a block through the compiled loop, their losses added to total (1,);
         False if it diverged."""
-        X, Y, SW, index, _ = block
+        X, Xs, Y, SW, index, _ = block
         d, opt = self.data, self.state.optimizer
         step = np.array([opt.step], dtype=np.int64)
-        done = K.train_epochs(self.net._params, opt.state, step, self.grads, total, X, Y, SW,
+        done = K.train_epochs(self.net._params, opt.state, step, self.grads, total, X, Xs, Y, SW,
                               np.ascontiguousarray(index)[None, :], lrs, self.net._layout,
                               self.net._acts, self.use_blas, self.net._loss.code, d.batch,
                               opt.code, self.hyper, self.l2, *self.ws, self.backup)
@@ -163,10 +165,10 @@ class Engine:
     def _block_reduced(self, block, lr, total):
         """A block step by step: this rank's rows of each global batch, the sums of all ranks,
         one update; the losses added to total (1,). False if it diverged."""
-        X, Y, SW, index, bounds = block
+        X, Xs, Y, SW, index, bounds = block
         buf = self.buf
         for start, stop in bounds:
-            self.gradient(X, Y, SW, index, start, stop, buf)
+            self.gradient(X, Xs, Y, SW, index, start, stop, buf)
             self.reducer.sum(buf)
             value = self.apply(buf, lr)
             if value is None:
@@ -174,7 +176,7 @@ class Engine:
             total[0] += value
         return True
 
-    def gradient(self, X, Y, SW, index, start, stop, buf):
+    def gradient(self, X, Xs, Y, SW, index, start, stop, buf):
         """buf = [sum of gradient weights (P), sum of loss weights, weight sum, rows] over the
         rows index[start:stop] of X: sums, not means, so that they add up across ranks."""
         P = self.net.n_params
@@ -187,7 +189,7 @@ class Engine:
             buf[:] = 0
             buf[P + 2] = b
             return
-        value = K.batch_gradients(self.grads, self.net._params, X, Y, SW, index, start, stop,
+        value = K.batch_gradients(self.grads, self.net._params, X, Xs, Y, SW, index, start, stop,
                                   self.net._layout, self.net._acts, self.use_blas,
                                   self.net._loss.code, np.zeros(2), *self.ws)
         np.multiply(self.grads, weight, out=buf[:P])
@@ -224,8 +226,13 @@ class FullBatch:
     inside ``threads()``."""
 
     def __init__(self, net, X, Y, SW):
-        self.net, self.X, self.Y, self.SW = net, X, Y, SW
+        """X (N, C_0) an array or a _validate.Sparse."""
+        self.net, self.Y, self.SW = net, Y, SW
         n = X.shape[0]
+        if isinstance(X, check.Sparse):
+            self.X, self.Xs = np.empty((0, X.shape[1]), net.dtype), tuple(X[1:])
+        else:
+            self.X, self.Xs = X, check.no_sparse(net.dtype)
         self.index = np.arange(n, dtype=np.int64)
         self.use_blas = net._use_blas(n)
         self.ws = workspaces(net, n, Y.shape[1])
@@ -239,7 +246,7 @@ class FullBatch:
         """(mean loss, gradient (P,)) at the network's parameters now; the gradient is not
         computed when the loss is not finite."""
         net = self.net
-        value = K.batch_gradients(self.grads, net._params, self.X, self.Y, self.SW, self.index,
-                                  0, self.X.shape[0], net._layout, net._acts, self.use_blas,
+        value = K.batch_gradients(self.grads, net._params, self.X, self.Xs, self.Y, self.SW,
+                                  self.index, 0, self.index.shape[0], net._layout, net._acts, self.use_blas,
                                   net._loss.code, self.no_l2, *self.ws)
         return value, self.grads

@@ -7,7 +7,7 @@ from . import _validate as check
 from . import config as _config
 from . import state as _state
 from .activations import ACTIVATIONS
-from .engine import workspaces
+from .engine import FullBatch, workspaces
 from .losses import LOSSES
 
 # A dense layer with B * C * OC at least this goes through BLAS gemm; smaller ones run the
@@ -161,6 +161,9 @@ class Network:
     # ------------------------------------------------------------------ boundary
 
     def _X(self, X):
+        """X checked once: a C-contiguous array of the network's dtype, or a check.Sparse."""
+        if check.is_sparse(X):
+            return check.sparse_features(X, self.sizes[0], self.dtype)
         return check.features(X, self.sizes[0], self.dtype)
 
     def _XY(self, X, y):
@@ -213,12 +216,16 @@ class Network:
         inp_buf, _, act_buf, _, row_loss = workspaces(self, rows, 0)
         out = np.empty((n, self.sizes[-1]), self.dtype)
         use_blas = self._use_blas(rows)
+        if isinstance(X, check.Sparse):
+            Xd, Xs, index = np.empty((0, X.shape[1]), self.dtype), X[1:], np.arange(n)
+        else:
+            Xd, Xs, index = X, check.no_sparse(self.dtype), np.empty(0, np.int64)
         with _threads.compute(use_blas.any()):
-            value = K.evaluate(out, row_loss, self._params, X, X if Y is None else Y,
-                               self._layout, self._acts, use_blas, self._loss.code,
-                               inp_buf, act_buf, Y is not None)
+            value = K.evaluate(out, row_loss, self._params, Xd, Xs, index,
+                               out if Y is None else Y, self._layout, self._acts, use_blas,
+                               self._loss.code, inp_buf, act_buf, Y is not None)
         if check_finite and not (np.isfinite(value) and K.all_finite(out.reshape(-1))):
-            big = float(np.abs(X).max())
+            big = float(np.abs(X.data if isinstance(X, check.Sparse) else X).max())
             raise ValueError(
                 f"the network's output is not finite (NaN or infinity) for this input: the "
                 f"likely cause is the input's scale (largest |X| = {big:.3g}) overflowing "
@@ -254,6 +261,12 @@ class Network:
     def gradients(self, X, y):
         """Full-batch gradients of ``loss(X, y)``: (dW, db), lists shaped like weights and biases."""
         X, Y, _ = self._XY(X, y)
+        if isinstance(X, check.Sparse):  # through the sparse first layer
+            full = FullBatch(self, X, Y, np.empty(0, self.dtype))
+            with full.threads():
+                full()
+            views = self._views(full.grads)
+            return [W for W, _ in views], [b for _, b in views]
         n = X.shape[0]
         _, _, act_buf, delta_buf, _ = workspaces(self, n, 0)
         grads = np.empty_like(self._params)

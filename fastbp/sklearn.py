@@ -236,6 +236,11 @@ class _BaseMLP(BaseEstimator):
             self.validation_scores_ = None
             self.best_validation_score_ = None
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True  # CSR/CSC through the compiled sparse first layer
+        return tags
+
     def _check_solver(self):
         if self.solver not in ("sgd", "adam"):
             raise AttributeError(f"partial_fit is only available for stochastic optimizers. "
@@ -264,7 +269,7 @@ class _BaseMLP(BaseEstimator):
         SW = (np.empty(0, dt) if sample_weight is None
               else np.ascontiguousarray(sample_weight, dtype=dt))
         T = np.ascontiguousarray(self._targets(np.asarray(Y)), dtype=dt).reshape(len(Y), -1)
-        return np.ascontiguousarray(X, dtype=dt), T, SW
+        return self._net._X(X), T, SW
 
     def _objective(self, full, sample_weight):
         """packed -> (scikit-learn's loss, its gradient in its order): fastbp's mean loss and
@@ -273,7 +278,7 @@ class _BaseMLP(BaseEstimator):
         net = self._net
         order, weights = self._packing()
         s, r = self._scale(), self._report()
-        wsum = full.X.shape[0] if sample_weight is None else float(np.sum(sample_weight))
+        wsum = len(full.index) if sample_weight is None else float(np.sum(sample_weight))
         alpha = self.alpha
 
         def objective(packed):
@@ -443,13 +448,13 @@ class _BaseMLP(BaseEstimator):
     def _forward(self, X):
         """The output activation (probabilities, or the regression outputs), (n, n_outputs_)."""
         check_is_fitted(self)
-        return self._outputs(validate_data(self, X, dtype=(np.float64, np.float32), reset=False))
+        return self._outputs(validate_data(self, X, accept_sparse=["csr", "csc"],
+                                           dtype=(np.float64, np.float32), reset=False))
 
     def _outputs(self, X, check_finite=True):
         """_forward for X already validated (the early-stopping split, where scikit-learn scores
         non-finite outputs instead of raising: check_finite=False)."""
-        out, _ = self._net._evaluate(np.ascontiguousarray(X, dtype=self._net.dtype),
-                                     check_finite=check_finite)
+        out, _ = self._net._evaluate(self._net._X(X), check_finite=check_finite)
         return out
 
 
@@ -469,7 +474,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return 1.0 if self.out_activation_ == "softmax" else float(self.n_outputs_)
 
     def _validate_input(self, X, y, incremental, reset):
-        X, y = validate_data(self, X, y, multi_output=True, dtype=(np.float64, np.float32),
+        X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
+                             dtype=(np.float64, np.float32),
                              reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
@@ -584,7 +590,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return float(self.n_outputs_) if self.loss == "poisson" else 0.5
 
     def _validate_input(self, X, y, incremental, reset):
-        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True,
+        X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
+                             y_numeric=True,
                              dtype=(np.float64, np.float32), reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)

@@ -201,7 +201,7 @@ class _Run:
                     lrs = lrs[:len(losses)]
                 seconds = time.perf_counter() - t0
                 if not pieces:
-                    per_call = min(resize(count, seconds), order_cap)
+                    per_call = min(resize(count, seconds), order_cap, cfg.epochs)
                     pieces = count == 1 and seconds > 2 * CALL_SECONDS
                 st.advance(len(losses), data.n_total)
                 self._record(losses, lrs)

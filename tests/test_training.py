@@ -290,7 +290,8 @@ def test_digits_reach_95_percent(seed):
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("loss,act", [("cross_entropy", "relu"), ("mse", "tanh"),
-                                      ("bce", "sigmoid"), ("mse", "leaky_relu")])
+                                      ("bce", "sigmoid"), ("mse", "leaky_relu"),
+                                      ("poisson", "tanh")])
 def test_fused_small_loop_matches_the_per_layer_kernels(loss, act, dtype, weighted):
     """Networks too small for BLAS take the fused loop, larger ones the per-layer kernels: two
     routes through the same maths, same loss and gradients for the same shuffled batch, with and
@@ -310,12 +311,12 @@ def test_fused_small_loop_matches_the_per_layer_kernels(loss, act, dtype, weight
     index = np.random.default_rng(1).permutation(11)
     fused, layers = np.empty_like(net._params), np.empty_like(net._params)
     for start, stop in ((0, 4), (4, 8), (8, 11)):
-        v_fused = K.batch_gradients(fused, net._params, data.X, data.Y, data.SW, index, start,
-                                    stop, net._layout, net._acts, use_blas, net._loss.code,
-                                    np.zeros(2), *ws)
-        v_layers = K._batch_gradients_layers(layers, net._params, data.X, data.Y, data.SW, index,
-                                             start, stop, net._layout, net._acts, use_blas,
-                                             net._loss.code, *ws)
+        v_fused = K.batch_gradients(fused, net._params, data.X, data.Xs, data.Y, data.SW, index,
+                                    start, stop, net._layout, net._acts, use_blas,
+                                    net._loss.code, np.zeros(2), *ws)
+        v_layers = K._batch_gradients_layers(layers, net._params, data.X, data.Xs, data.Y, data.SW,
+                                             index, start, stop, net._layout, net._acts,
+                                             use_blas, net._loss.code, *ws)
         tol = 1e-12 if dtype == np.float64 else 1e-5
         assert rel_err(v_fused, v_layers) < tol
         assert rel_err(fused, layers) < tol
