@@ -227,7 +227,7 @@ class FullBatch:
 
     def __init__(self, net, X, Y, SW):
         """X (N, C_0) an array or a _validate.Sparse."""
-        self.net, self.Y, self.SW = net, Y, SW
+        self.net, self.Y, self.SW, self.input = net, Y, SW, X
         n = X.shape[0]
         if isinstance(X, check.Sparse):
             self.X, self.Xs = np.empty((0, X.shape[1]), net.dtype), tuple(X[1:])

@@ -27,6 +27,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_clas
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
+from sklearn.neural_network._base import LOSS_FUNCTIONS as _SK_LOSSES
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, Options, StrOptions
@@ -262,7 +263,7 @@ class _BaseMLP(BaseEstimator):
         its own ``_loss_grad_lbfgs`` (Y binarised as scikit-learn's)."""
         full = FullBatch(self._net, *self._full_batch_data(X, Y, sample_weight))
         with full.threads():
-            return self._objective(full, sample_weight)(packed)
+            return self._objective(full, np.asarray(Y), sample_weight)(packed)
 
     def _full_batch_data(self, X, Y, sample_weight):
         dt = self._net.dtype
@@ -271,25 +272,30 @@ class _BaseMLP(BaseEstimator):
         T = np.ascontiguousarray(self._targets(np.asarray(Y)), dtype=dt).reshape(len(Y), -1)
         return self._net._X(X), T, SW
 
-    def _objective(self, full, sample_weight):
-        """packed -> (scikit-learn's loss, its gradient in its order): fastbp's mean loss and
-        gradient rescaled to scikit-learn's units, plus its L2 penalty alpha/2 |W|^2 / (weight
-        sum), biases excluded."""
+    def _objective(self, full, Y, sample_weight):
+        """packed -> (scikit-learn's loss, its gradient in its order). The gradient: fastbp's
+        compiled mean-loss gradient rescaled to scikit-learn's units, plus alpha W / (weight sum)
+        on the weights. The loss: scikit-learn's own loss function of fastbp's outputs (its
+        log-loss clips probabilities at eps, which the line search sees at saturated points),
+        plus alpha/2 |W|^2 / (weight sum): the same objective, so the same L-BFGS path."""
         net = self._net
         order, weights = self._packing()
-        s, r = self._scale(), self._report()
+        s = self._scale()
         wsum = len(full.index) if sample_weight is None else float(np.sum(sample_weight))
         alpha = self.alpha
+        loss_fn = _SK_LOSSES[self._sklearn_loss()]
 
         def objective(packed):
             net._params[order] = packed
             value, grads = full()
             if not np.isfinite(value):
                 return np.inf, np.zeros(len(order))
+            out, _ = net._evaluate(full.input, check_finite=False)
             W = net._params[weights].astype(np.float64)
             g = grads.astype(np.float64) * s
             g[weights] += alpha * W / wsum
-            return r * value + 0.5 * alpha * float(W @ W) / wsum, g[order]
+            loss = loss_fn(Y, out, sample_weight) + 0.5 * alpha * float(W @ W) / wsum
+            return float(loss), g[order]
         return objective
 
     def _fit_lbfgs(self, X, Y, sample_weight):
@@ -298,7 +304,7 @@ class _BaseMLP(BaseEstimator):
         order, _ = self._packing()
         with full.threads():
             res = scipy.optimize.minimize(
-                self._objective(full, sample_weight), net._params[order], method="L-BFGS-B",
+                self._objective(full, Y, sample_weight), net._params[order], method="L-BFGS-B",
                 jac=True, options=dict(maxfun=self.max_fun, maxiter=self.max_iter, gtol=self.tol,
                                        **_get_additional_lbfgs_options_dict(
                                            "iprint", 1 if self.verbose else -1)))
@@ -448,6 +454,7 @@ class _BaseMLP(BaseEstimator):
     def _forward(self, X):
         """The output activation (probabilities, or the regression outputs), (n, n_outputs_)."""
         check_is_fitted(self)
+        self._pull()
         return self._outputs(validate_data(self, X, accept_sparse=["csr", "csc"],
                                            dtype=(np.float64, np.float32), reset=False))
 
@@ -465,6 +472,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def _loss_name(self, n_out):
         return "cross_entropy" if self._label_binarizer.y_type_ == "multiclass" else "bce"
+
+    def _sklearn_loss(self):
+        return "log_loss" if self.out_activation_ == "softmax" else "binary_log_loss"
 
     def _out_activation(self, n_out):
         return "softmax" if self._label_binarizer.y_type_ == "multiclass" else "logistic"
@@ -576,6 +586,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def _loss_name(self, n_out):
         return "poisson" if self.loss == "poisson" else "mse"
+
+    def _sklearn_loss(self):
+        return self.loss
 
     def _out_activation(self, n_out):
         return "exp" if self.loss == "poisson" else "identity"
