@@ -23,9 +23,11 @@ for any number of Numba threads. BLAS (``np.dot`` with ``out``) is only ever cal
 import numpy as np
 from numba import njit, prange
 
+from . import _notice
 from . import _threads
 
 _threads.start_pool()  # before any cached kernel runs: see _threads.start_pool
+_notice.install()  # a first compile says so (see _notice)
 
 # Activation codes (the name table lives in activations.py).
 ACT_IDENTITY = 0
@@ -501,6 +503,31 @@ def output_forward(out, logits, loss):
             _output_row(out, logits, loss, b)
 
 
+@njit(cache=True)
+def count_correct(logits, targets, loss):
+    """Rows of logits (B, OC) classified right against targets (B, T), as predict decides:
+    cross-entropy, the first largest logit is the label; bce, every output's probability is on
+    the target's side of 0.5. 0 for the regression losses."""
+    B, OC = logits.shape
+    hits = 0.0
+    if loss == LOSS_CE:
+        for b in range(B):
+            best = 0
+            for o in range(1, OC):
+                if logits[b, o] > logits[b, best]:
+                    best = o
+            if best == int(targets[b, 0]):
+                hits += 1
+    elif loss == LOSS_BCE:
+        for b in range(B):
+            hit = 1.0
+            for o in range(OC):
+                if (_sigmoid(logits[b, o]) > 0.5) != (targets[b, o] > 0.5):
+                    hit = 0.0
+            hits += hit
+    return hits
+
+
 # --------------------------------------------------------------------------- optimiser
 
 
@@ -801,7 +828,8 @@ def weight_sum(SW, index, start, stop):
 
 @njit(cache=True)
 def _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts,
-                            use_blas, loss, inp_buf, tgt_buf, act_buf, delta_buf, row_loss):
+                            use_blas, loss, inp_buf, tgt_buf, act_buf, delta_buf, row_loss,
+                            correct):
     """``batch_gradients`` through the per-layer kernels (gather, forward, fused loss, backward);
     a sparse X (Xs) goes through the sparse first layer instead of being gathered."""
     B = stop - start
@@ -820,6 +848,7 @@ def _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, lay
         network_forward(act_buf, params, inp, layout, acts, use_blas)
     logits = activation_view(act_buf, layout, B, layout.shape[0] - 1)
     value = loss_forward(row_loss[:B], logits, tgt, loss)
+    correct[0] += count_correct(logits, tgt, loss)
     if SW.shape[0] > 0:
         # Weighted mean, as scikit-learn: sum_b w_b loss_b / sum_b w_b; each row's delta (which
         # holds 1/B) is scaled by w_b B / sum w.
@@ -874,7 +903,7 @@ def _activation_grad(a, act):
 
 @njit(cache=True, inline="always")
 def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, acts, loss,
-                           act_buf, delta_buf):
+                           act_buf, delta_buf, correct):
     """``batch_gradients`` for networks too small for BLAS (XOR-sized): the same maths, row by
     row in one function over the flat buffers, with no per-layer kernel calls or array views.
     At 2-4-1 those calls cost more than the arithmetic: 1.9 us per epoch through the per-layer
@@ -915,19 +944,29 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
         d0 = ((L - 1) % 2) * half
         row_value = 0.0
         if loss == LOSS_BCE:
+            hit = 1.0
             for o in range(OCL):
                 z = act_buf[z0 + o]
                 t = Y[r, o]
                 row_value += max(z, 0) - z * t + np.log1p(np.exp(-abs(z)))
-                delta_buf[d0 + o] = (_sigmoid(z) - t) / (B * OCL)
+                p = _sigmoid(z)
+                delta_buf[d0 + o] = (p - t) / (B * OCL)
+                if (p > 0.5) != (t > 0.5):
+                    hit = 0.0
+            correct[0] += hit
         elif loss == LOSS_CE:
             m = act_buf[z0]
+            best = 0
             for o in range(1, OCL):
-                m = max(m, act_buf[z0 + o])
+                if act_buf[z0 + o] > m:
+                    m = act_buf[z0 + o]
+                    best = o
             se = np.float64(0)
             for o in range(OCL):
                 se += np.exp(act_buf[z0 + o] - m)
             label = int(Y[r, 0])
+            if best == label:
+                correct[0] += 1.0
             row_value = m + np.log(se) - act_buf[z0 + label]
             for o in range(OCL):
                 p = np.exp(act_buf[z0 + o] - m) / se
@@ -975,7 +1014,7 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
 
 @njit(cache=True)
 def batch_gradients(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts, use_blas,
-                    loss, l2, inp_buf, tgt_buf, act_buf, delta_buf, row_loss):
+                    loss, l2, inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct):
     """grads (P,) = the gradient of the mean loss over the rows index[start:stop] of X (N, C_0),
     Y (N, T); returns that mean loss. After a non-finite loss grads are not to be used.
 
@@ -989,14 +1028,16 @@ def batch_gradients(grads, params, X, Xs, Y, SW, index, start, stop, layout, act
     Networks with a layer large enough for BLAS go through the per-layer kernels (the batch
     gathered into inp_buf / tgt_buf; act_buf, delta_buf and row_loss workspaces for at least
     stop - start rows); networks too small for BLAS, with dense input, through one fused loop.
+    correct (1,): the batch's correctly classified rows are added to it (bce and cross-entropy;
+    see count_correct).
     """
     if use_blas.any() or Xs[2].shape[0] > 0:
         value = _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, layout,
                                         acts, use_blas, loss, inp_buf, tgt_buf, act_buf,
-                                        delta_buf, row_loss)
+                                        delta_buf, row_loss, correct)
     else:
         value = _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, acts,
-                                       loss, act_buf, delta_buf)
+                                       loss, act_buf, delta_buf, correct)
     return _with_l2(value, grads, params, layout, SW, index, start, stop, l2)
 
 
@@ -1012,16 +1053,17 @@ def _with_l2(value, grads, params, layout, SW, index, start, stop, l2):
 @njit(cache=True)
 def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, lrs, layout, acts,
                  use_blas, loss, batch_size, opt, hyper, l2,
-                 inp_buf, tgt_buf, act_buf, delta_buf, row_loss, backup):
+                 inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct, backup):
     """Minibatch training for E = epoch_loss.shape[0] epochs, all inside compiled code.
 
     X (M, C_0), Xs, Y (M, T), SW (M,) or (0,) as for ``batch_gradients``; order (E or 1, N) holds each
     epoch's sample order (one row reused when there is no shuffling; N < M when the caller splits
     an epoch over calls); lrs (E,) each epoch's learning rate. params, state (see
     ``optimizer_update``), grads (P,) and step (1,), the count of updates so far, change in place;
-    epoch_loss (E,) gets each epoch's sum of batch losses times batch lengths, added to the value
-    it holds on entry (0, or the sum so far of an epoch split over calls). Workspaces: as for
-    ``batch_gradients`` with batch_size rows, and backup (P + state size,).
+    epoch_loss (E, 2) gets each epoch's sum of batch losses times batch lengths, and its count of
+    correctly classified rows (before each batch's update), added to the values it holds on entry
+    (0, or the sums so far of an epoch split over calls). Workspaces: as for ``batch_gradients``
+    with batch_size rows, and backup (P + state size,).
 
     Returns the number of epochs completed. Fewer than E means the loss or a parameter went
     non-finite in the next epoch; params, state and step are then restored to their values at
@@ -1029,6 +1071,7 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, lr
     """
     N = order.shape[1]
     E = epoch_loss.shape[0]
+    correct[0] = 0
     fused = not use_blas.any() and Xs[2].shape[0] == 0
     weighted = SW.shape[0] > 0
     t = step[0]
@@ -1036,7 +1079,8 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, lr
         save_state(backup, params, state)
         t0 = t
         index = order[e % order.shape[0]]
-        total = epoch_loss[e]  # a running sum carried in: an epoch split over calls adds alike
+        total = epoch_loss[e, 0]  # a running sum carried in: an epoch split over calls adds alike
+        correct[0] = epoch_loss[e, 1]
         ok = True
         for start in range(0, N, batch_size):
             stop = min(N, start + batch_size)
@@ -1047,11 +1091,11 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, lr
             # batch_gradients' choice, made once per call: at XOR size even its dispatch shows
             if fused:
                 value = _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop,
-                                               layout, acts, loss, act_buf, delta_buf)
+                                               layout, acts, loss, act_buf, delta_buf, correct)
             else:
                 value = _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop,
                                                 layout, acts, use_blas, loss, inp_buf, tgt_buf,
-                                                act_buf, delta_buf, row_loss)
+                                                act_buf, delta_buf, row_loss, correct)
             if l2[0] != 0:
                 value = _with_l2(value, grads, params, layout, SW, index, start, stop, l2)
             if not np.isfinite(value):
@@ -1066,7 +1110,8 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, lr
             restore_state(params, state, backup)
             step[0] = t0
             return e
-        epoch_loss[e] = total
+        epoch_loss[e, 0] = total
+        epoch_loss[e, 1] = correct[0]
     step[0] = t
     return E
 

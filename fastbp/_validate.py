@@ -101,6 +101,13 @@ def targets(y, n_samples, kind, n_out, dtype, name="y"):
         raise ValueError(f"{name} has {arr.shape[0]} samples but X has {n_samples}; "
                          "they must have the same length")
     one_d = arr.ndim == 1
+    if kind == "labels" and arr.ndim == 2 and arr.shape[1] == n_out and n_out > 1:
+        # one-hot rows (n, K): the labels they mark
+        if not (np.isin(arr, (0, 1)).all() and (arr.sum(axis=1) == 1).all()):
+            raise ValueError(f"{name} of shape {arr.shape} for loss 'cross_entropy' must be integer "
+                             f"labels (n_samples,), one label per sample, or one-hot rows (one 1 "
+                             f"and {n_out - 1} zeros each)")
+        arr, one_d = arr.argmax(axis=1), True
     width = 1 if one_d else arr.shape[1]
     if kind in ("real", "binary", "counts"):
         if width != n_out:
@@ -108,8 +115,8 @@ def targets(y, n_samples, kind, n_out, dtype, name="y"):
             raise ValueError(f"{name} must have shape {shapes} to match the {n_out} network "
                              f"outputs; got shape {arr.shape}")
     elif width != 1:
-        raise ValueError(f"{name} must be 1-D, shape (n_samples,), one label per sample; "
-                         f"got shape {arr.shape}")
+        raise ValueError(f"{name} must be 1-D, shape (n_samples,), one label per sample, or "
+                         f"one-hot rows ({n_samples}, {n_out}); got shape {arr.shape}")
     with np.errstate(over="ignore"):
         out = np.ascontiguousarray(arr.reshape(n_samples, width), dtype=dtype)
     _finite(out, name, dtype)

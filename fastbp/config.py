@@ -88,7 +88,8 @@ _pass = lambda v, name: v  # noqa: E731 (checked elsewhere: the optimiser, the d
 OPTIONS = {
     "epochs": Option(10, _int(1), "epochs to train in this call"),
     "lr": Option(None, _pass, "learning rate (default 0.05 for 'sgd', 0.001 for 'adam'/'adamw')"),
-    "batch_size": Option(None, _optional(_int(1)), "rows per minibatch; None is the full batch "
+    "batch_size": Option(None, _optional(_int(1)), "rows per minibatch; None is min(200, "
+                         "n_samples), scikit-learn's 'auto'; len(X) or more is the full batch "
                          "(with comm: the global batch)"),
     "optimizer": Option("sgd", _pass, "'sgd', 'adam', 'adamw' or a fastbp.optim object"),
     "momentum": Option(0.0, _pass, "SGD momentum"),
@@ -111,7 +112,9 @@ OPTIONS = {
     "callbacks": Option((), _callbacks, "callables f(epoch, loss, val_loss, network) after every "
                         "epoch; one returning False stops training"),
     "progress": Option(False, check.boolean, "a tqdm progress bar (rank 0 with comm)"),
-    "log_every": Option(0, _int(0), "print the loss every N epochs (rank 0 with comm)"),
+    "log_every": Option(None, _optional(_int(0)), "print the epoch's loss, accuracy, validation "
+                        "loss and accuracy and samples/s every N epochs (0: never; None: 0, or 1 "
+                        "on rank 0 with comm)"),
     "checkpoint": Option(None, _optional(_path), "a path written atomically every "
                          "checkpoint_every epochs and at the end (rank 0 with comm)"),
     "checkpoint_every": Option(1, _int(1), "epochs between checkpoints"),
@@ -149,6 +152,8 @@ class Config:
             setattr(self, name, _ALL[name].check(value, name))
         if "schedule" not in options:
             self.schedule = _schedules.Constant()
+        if self.log_every is None:  # an MPI job shows its progress; one process stays quiet
+            self.log_every = 0 if self.comm is None else 1
         self.optimizer = _make_optimizer(self)
         if self.validation_data is not None and self.validation_split:
             raise ValueError("give validation_data or validation_split, not both")

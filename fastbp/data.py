@@ -48,7 +48,7 @@ class Stream:
             raise ValueError(f"{name} has {c} features per sample; this network expects "
                              f"{n_features} (sizes[0])")
         self.X, self.n, self.dtype, self.name, self.n_features = X, n, np.dtype(dtype), name, c
-        batch = n if batch_size is None else min(batch_size, n)
+        batch = batch_rows(batch_size, n)
         per_row = c * self.dtype.itemsize
         self.rows = max(batch, (CHUNK_BYTES // per_row) // batch * batch)
         # part (rank, ranks): each MPI rank checks its share of the chunks; the verdicts are shared
@@ -92,6 +92,16 @@ class Stream:
                              f"{self.name}.shape promises ({expect}, {self.n_features}) rows there. "
                              f"Its shape must describe the rows it holds")
         return part
+
+
+DEFAULT_BATCH = 200
+
+
+def batch_rows(batch_size, n):
+    """Rows per minibatch: batch_size (at most n), or for None min(200, n), scikit-learn's
+    'auto': minibatches by default, since one full-batch step per epoch learns slowly, and 200
+    keeps the gemm calls large enough to run near the matmul rate."""
+    return min(DEFAULT_BATCH if batch_size is None else batch_size, n)
 
 
 def share(n, rank, size):
@@ -182,7 +192,7 @@ class TrainData:
         self.Y, self.SW, self.n = Y, SW, n
         # the global batch and this rank's rows of it
         self.n_total = n * ranks if part and sharded else n  # refined by agree_sizes
-        self.batch = n if cfg.batch_size is None else min(cfg.batch_size, n)
+        self.batch = batch_rows(cfg.batch_size, n)
         self.rows_per_step = self.batch if part is None else -(-self.batch // ranks)
         self.steps = -(-n // self.batch)
 
@@ -205,7 +215,7 @@ class TrainData:
         so ValueError if the shards give different numbers)."""
         rank, ranks, _ = self.part
         self.n_total = sum(counts)
-        batch = self.n_total if batch_size is None else min(batch_size, self.n_total)
+        batch = batch_rows(batch_size, self.n_total)
         shares = [hi - lo for lo, hi in (share(batch, r, ranks) for r in range(ranks))]
         steps = {-(-c // s) if s else 0 for c, s in zip(counts, shares)}
         if len(steps) != 1 or 0 in shares:

@@ -123,6 +123,9 @@ class Reducer:
         except BaseException as exc:
             print(f"fastbp: rank {self.rank} of {self.size} failed in fit: "
                   f"{type(exc).__name__}: {exc}; aborting all ranks", file=sys.stderr, flush=True)
+            # MPI_Abort kills the job at once; mpiexec's output forwarding was seen to lose the
+            # line above under load without a moment to pass it on
+            time.sleep(0.5)
             self.comm.Abort(1)
             raise
         finally:

@@ -47,7 +47,8 @@ def workspaces(net, rows, targets):
             np.empty(rows * targets, net.dtype),           # tgt_buf: its targets
             np.empty(rows * sum(widths), net.dtype),       # act_buf: every layer's output
             np.empty(2 * rows * max(widths), net.dtype),   # delta_buf: two slots of deltas
-            np.empty(rows, np.float64))                    # row_loss
+            np.empty(rows, np.float64),                    # row_loss
+            np.zeros(1))                                   # correct: rows classified right
 
 
 class Engine:
@@ -67,8 +68,9 @@ class Engine:
         self.l2 = np.array(l2, dtype=np.float64)
         self.hyper = state.optimizer.hyper(net.dtype)
         if reducer is not None:
-            # the gradient's weighted sum, then the loss's, the weight sum and the row count
-            self.buf = np.empty(net.n_params + 3, np.float64)
+            # the gradient's weighted sum, then the loss's, the weight sum, the row count and the
+            # rows classified right
+            self.buf = np.empty(net.n_params + 4, np.float64)
 
     def threads(self):
         """The thread split for this network (see _threads.compute)."""
@@ -93,29 +95,31 @@ class Engine:
 
     def run_epochs(self, lrs, order):
         """Train len(lrs) epochs in one compiled call over the data in memory; order (E or 1, N)
-        the epochs' sample orders. Returns the losses of the epochs completed (fewer than asked:
-        the next one diverged and was undone)."""
+        the epochs' sample orders. Returns the losses and training accuracies (before each
+        batch's update) of the epochs completed (fewer than asked: the next one diverged and was
+        undone)."""
         d, opt = self.data, self.state.optimizer
-        losses = np.zeros(len(lrs))
+        losses = np.zeros((len(lrs), 2))
         step = np.array([opt.step], dtype=np.int64)
         done = K.train_epochs(self.net._params, opt.state, step, self.grads, losses, d.X, d.Xs,
                               d.Y, d.SW, order, lrs, self.net._layout, self.net._acts, self.use_blas,
                               self.net._loss.code, d.batch, opt.code, self.hyper, self.l2,
                               *self.ws, self.backup)
         opt.step = int(step[0])
-        return losses[:done] / d.n
+        return losses[:done, 0] / d.n, losses[:done, 1] / d.n
 
     # ---------------------------------------------------------------- one epoch in blocks
 
     def epoch(self, lr, rng, interrupted=lambda: False):
-        """One epoch at rate lr, the sample order drawn from rng; returns its mean loss, or None
+        """One epoch at rate lr, the sample order drawn from rng; returns its mean loss and
+        training accuracy, or None
         if it diverged (then params, optimiser state and step are back at the epoch's start).
         interrupted() is asked between compiled calls: if true, the epoch is undone (the shuffling
         stream included) and KeyboardInterrupt raised."""
         self.save()
         rng_state = rng.bit_generator.state
         lrs = np.array([lr], dtype=self.net.dtype)
-        total = np.zeros(1)  # the running sum the compiled calls add to, in order
+        total = np.zeros((1, 2))  # the running sums (loss, correct) the calls add to, in order
         for block in self.data.blocks(rng, self.state.shuffle, self.reducer):
             for piece in (self._pieces(block) if self.reducer is None else (block,)):
                 ok = (self._block_compiled(piece, lrs, total) if self.reducer is None
@@ -130,7 +134,7 @@ class Engine:
         if not self.finite():
             self.restore()
             return None
-        return total[0] / self.data.n_total
+        return total[0, 0] / self.data.n_total, total[0, 1] / self.data.n_total
 
     _batches_per_call = None
 
@@ -173,12 +177,14 @@ class Engine:
             value = self.apply(buf, lr)
             if value is None:
                 return False
-            total[0] += value
+            total[0, 0] += value
+            total[0, 1] += buf[-1]
         return True
 
     def gradient(self, X, Xs, Y, SW, index, start, stop, buf):
-        """buf = [sum of gradient weights (P), sum of loss weights, weight sum, rows] over the
-        rows index[start:stop] of X: sums, not means, so that they add up across ranks."""
+        """buf = [sum of gradient weights (P), sum of loss weights, weight sum, rows, rows
+        classified right] over the rows index[start:stop] of X: sums, not means, so that they add
+        up across ranks."""
         P = self.net.n_params
         b = stop - start
         if b == 0:
@@ -189,11 +195,13 @@ class Engine:
             buf[:] = 0
             buf[P + 2] = b
             return
+        correct = self.ws[-1]
+        correct[0] = 0
         value = K.batch_gradients(self.grads, self.net._params, X, Xs, Y, SW, index, start, stop,
                                   self.net._layout, self.net._acts, self.use_blas,
                                   self.net._loss.code, np.zeros(2), *self.ws)
         np.multiply(self.grads, weight, out=buf[:P])
-        buf[P], buf[P + 1], buf[P + 2] = value * weight, weight, b
+        buf[P], buf[P + 1], buf[P + 2], buf[P + 3] = value * weight, weight, b, correct[0]
 
     def apply(self, buf, lr):
         """The update from summed gradients (see ``gradient``): the batch's mean gradient (plus

@@ -20,6 +20,13 @@ BLAS_MIN_WORK = 1 << 12
 EVAL_CHUNK = 4096
 
 
+def _bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+
+
 def _training():
     # training imports network's neighbours; imported on the first fit, then a global lookup
     global _training_module
@@ -213,7 +220,7 @@ class Network:
     def _evaluate(self, X, Y=None, check_finite=True):
         n = X.shape[0]
         rows = min(n, EVAL_CHUNK)
-        inp_buf, _, act_buf, _, row_loss = workspaces(self, rows, 0)
+        inp_buf, _, act_buf, _, row_loss, _ = workspaces(self, rows, 0)
         out = np.empty((n, self.sizes[-1]), self.dtype)
         use_blas = self._use_blas(rows)
         if isinstance(X, check.Sparse):
@@ -253,6 +260,45 @@ class Network:
             return out.argmax(axis=1)
         return out[:, 0] if self._targets_1d else out
 
+    def score(self, X, y):
+        """Accuracy for the classification losses ('bce': every output right; 'cross_entropy'),
+        the coefficient of determination R^2 for the regression losses ('mse', 'poisson'), as
+        scikit-learn's score; averaged over outputs for several."""
+        X, Y, _ = self._XY(X, y)
+        out, _ = self._evaluate(X)
+        if self.loss_name == "cross_entropy":
+            return float((out.argmax(axis=1) == Y[:, 0]).mean())
+        if self.loss_name == "bce":
+            return float(((out > 0.5) == (Y > 0.5)).all(axis=1).mean())
+        Y64, out64 = Y.astype(np.float64), out.astype(np.float64)
+        residual = ((Y64 - out64) ** 2).sum(axis=0)
+        total = ((Y64 - Y64.mean(axis=0)) ** 2).sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r2 = np.where(total > 0, 1 - residual / total, np.where(residual > 0, 0.0, 1.0))
+        return float(r2.mean())
+
+    def summary(self):
+        """A table of the layers (shapes, activations, parameter counts), the parameter total,
+        the dtype and the memory the parameters take (and the optimiser's buffers after a fit),
+        as a string: ``print(net.summary())``."""
+        rows = [("layer", "shape (in -> out)", "activation", "parameters")]
+        for i, (c, oc, _, _) in enumerate(self._layout):
+            act = self.activations[i] if i < len(self.activations) else (
+                f"{self._loss.output} ({self.loss_name})")
+            rows.append((f"dense {i}", f"{c} -> {oc}", act, f"{c * oc + oc:,}"))
+        widths = [max(len(r[k]) for r in rows) for k in range(4)]
+        lines = ["  ".join(r[k].ljust(widths[k]) if k < 3 else r[k].rjust(widths[k])
+                           for k in range(4)) for r in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        size = self._params.nbytes
+        opt = 0 if self._train is None or self._train.optimizer.state is None else \
+            self._train.optimizer.state.nbytes
+        lines += ["-" * len(lines[0]),
+                  f"parameters: {self.n_params:,} ({self.dtype.name}, {_bytes(size)})",
+                  f"optimiser buffers: {_bytes(opt)}" if opt else "optimiser buffers: none yet",
+                  f"epochs trained: {self.epoch}"]
+        return "\n".join(lines)
+
     def loss(self, X, y):
         """The mean loss of the network on (X, y), as a float."""
         X, Y, _ = self._XY(X, y)
@@ -268,7 +314,7 @@ class Network:
             views = self._views(full.grads)
             return [W for W, _ in views], [b for _, b in views]
         n = X.shape[0]
-        _, _, act_buf, delta_buf, _ = workspaces(self, n, 0)
+        _, _, act_buf, delta_buf, _, _ = workspaces(self, n, 0)
         grads = np.empty_like(self._params)
         use_blas = self._use_blas(n)
         with _threads.compute(use_blas.any()):

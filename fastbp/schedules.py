@@ -23,6 +23,9 @@ class Schedule:
     def observe(self, loss):
         return False
 
+    def start_run(self, epochs):
+        """A new run of ``epochs`` epochs begins with this schedule (not called on resume)."""
+
     def config(self):
         return dict(name=self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")})
 
@@ -42,16 +45,29 @@ class Constant(Schedule):
 
 
 class StepLR(Schedule):
-    """``torch.optim.lr_scheduler.StepLR``: lr * gamma ** (epoch // step_size)."""
+    """``torch.optim.lr_scheduler.StepLR``: lr * gamma ** (epoch // step_size). step_size None
+    (the default, and ``schedule='step'``): a third of the run, so the rate falls twice, at a
+    third and at two thirds of the epochs of the fit call that starts the run."""
 
     name = "step"
 
-    def __init__(self, step_size=10, gamma=0.1):
-        self.step_size = check.integer(step_size, "step_size", 1)
+    def __init__(self, step_size=None, gamma=0.1):
+        self.step_size = check.integer(step_size, "step_size", 1, allow_none=True)
         self.gamma = check.real(gamma, "gamma", 0.0, strict=True)
+        self._length = None
+
+    def start_run(self, epochs):
+        self._length = max(1, -(-epochs // 3))
 
     def rate(self, base_lr, epoch, samples):
-        return base_lr * self.gamma ** (epoch // self.step_size).astype(np.float64)
+        step = self.step_size or self._length
+        return base_lr * self.gamma ** (np.asarray(epoch) // step).astype(np.float64)
+
+    def get_state(self):
+        return dict(length=self._length)
+
+    def set_state(self, state):
+        self._length = state.get("length")
 
 
 class ExponentialLR(Schedule):
@@ -68,16 +84,32 @@ class ExponentialLR(Schedule):
 
 class CosineAnnealingLR(Schedule):
     """``torch.optim.lr_scheduler.CosineAnnealingLR``, closed form:
-    eta_min + (lr - eta_min) (1 + cos(pi epoch / T_max)) / 2 (periodic past T_max, as torch's)."""
+    eta_min + (lr - eta_min) (1 + cos(pi epoch / T_max)) / 2 (periodic past T_max, as torch's).
+    T_max None (the default, and ``schedule='cosine'``): the epochs of the fit call that starts
+    the run, so the rate falls to eta_min over them; a resumed run keeps that length and stays at
+    eta_min past it (pass T_max to plan a run made of several calls)."""
 
     name = "cosine"
 
-    def __init__(self, T_max=100, eta_min=0.0):
-        self.T_max = check.integer(T_max, "T_max", 1)
+    def __init__(self, T_max=None, eta_min=0.0):
+        self.T_max = check.integer(T_max, "T_max", 1, allow_none=True)
         self.eta_min = check.real(eta_min, "eta_min", 0.0)
+        self._length = None
+
+    def start_run(self, epochs):
+        self._length = epochs
 
     def rate(self, base_lr, epoch, samples):
-        return self.eta_min + (base_lr - self.eta_min) * (1 + np.cos(math.pi * epoch / self.T_max)) / 2
+        if self.T_max is None:  # the run's length: no restart after it, the rate stays at eta_min
+            epoch = np.minimum(epoch, self._length)
+        T = self.T_max or self._length
+        return self.eta_min + (base_lr - self.eta_min) * (1 + np.cos(math.pi * epoch / T)) / 2
+
+    def get_state(self):
+        return dict(length=self._length)
+
+    def set_state(self, state):
+        self._length = state.get("length")
 
 
 class InvScaling(Schedule):

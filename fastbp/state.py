@@ -90,8 +90,9 @@ class TrainState:
 
     def attach(self, net, one_d, cfg):
         """Make this the network's run (fresh optimiser buffers unless it is already its own)."""
-        if net._train is not self:
+        if net._train is not self:  # a new run
             self.optimizer.init_state(net.n_params, net.dtype)
+            self.schedule.start_run(cfg.epochs)
         self.batch_size, self.shuffle = cfg.batch_size, cfg.shuffle
         net._train = self
         net._targets_1d = one_d

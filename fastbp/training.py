@@ -79,51 +79,80 @@ class Series(Sequence):
 
 
 class History:
-    """What ``fit`` returns, one entry per epoch of the call. ``loss``: the mean of the epoch's
-    batch losses (each computed before its batch's update). With validation data, ``val_loss``
-    and, for classification losses, ``val_accuracy``; ``lr`` the learning rate used."""
+    """What ``fit`` returns, one record per epoch of the call. ``loss``: the mean of the epoch's
+    batch losses (each computed before its batch's update); ``accuracy`` (classification): the
+    share of rows classified right, likewise; with validation data ``val_loss`` and, for
+    classification, ``val_accuracy``; ``lr`` the learning rate used. ``history[i]`` is epoch i's
+    record as a dict (``epoch`` counts the run's epochs, as ``Network.epoch``)."""
 
-    def __init__(self):
+    def __init__(self, first_epoch=1):
         self.loss, self.val_loss, self.val_accuracy, self.lr = (Series(), Series(), Series(),
                                                                 Series())
+        self.accuracy = Series()
+        self.first_epoch = first_epoch  # the run's number of this call's first epoch
         self.stopped_early = False
         self.best_epoch = None  # early stopping: the run's epoch (as net.epoch) that was kept
 
     def __len__(self):
         return len(self.loss)
 
+    def __getitem__(self, i):
+        if not isinstance(i, (int, np.integer)):
+            raise TypeError(f"History indices must be integers; got {type(i).__name__}")
+        n = len(self.loss)
+        if not -n <= i < n:
+            raise IndexError(f"epoch index {i} out of range for a History of {n} epochs")
+        i = int(i) % n
+        record = dict(epoch=self.first_epoch + i, loss=self.loss[i], lr=self.lr[i])
+        for name in ("accuracy", "val_loss", "val_accuracy"):
+            series = getattr(self, name)
+            if len(series) > i:
+                record[name] = series[i]
+        return record
+
     def __repr__(self):
         last = f", last loss {self.loss[-1]:.6g}" if self.loss else ""
         return f"History({len(self.loss)} epochs{last})"
 
     def plot(self, path=None, title=None):
-        """The loss curves (and validation accuracy, if any) as a matplotlib ``Figure``, also
-        written to ``path`` as a PNG when given. Drawn without pyplot, so the user's matplotlib
-        backend and figures are left as they were. Needs matplotlib (``pip install
-        'fastbp[plot]'``)."""
+        """The loss curves (training, validation) and accuracies (training, validation) as a
+        matplotlib ``Figure``, the best epoch marked, also written to ``path`` as a PNG when
+        given. Drawn on a Figure of its own without pyplot, so the user's matplotlib backend and
+        figures are left as they were; a notebook shows the returned Figure. Needs matplotlib
+        (``pip install 'fastbp[plot]'``)."""
         try:
             from matplotlib.figure import Figure
         except ImportError:
             raise ImportError("History.plot needs matplotlib: pip install 'fastbp[plot]'") from None
-        epochs = np.arange(1, len(self.loss) + 1)
-        fig = Figure(figsize=(7, 4.5))
+        epochs = np.arange(self.first_epoch, self.first_epoch + len(self.loss))
+        fig = Figure(figsize=(8, 4.5))
         ax = fig.add_subplot()
-        ax.plot(epochs, self.loss, label="training loss")
+        ax.plot(epochs, self.loss, color="tab:blue", label="training loss")
         if self.val_loss:
-            ax.plot(epochs, self.val_loss, label="validation loss")
+            ax.plot(epochs, self.val_loss, color="tab:orange", label="validation loss")
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
-        ax.set_yscale("log")
-        lines, labels = ax.get_legend_handles_labels()
-        if self.val_accuracy:
+        if min(self.loss, default=0) > 0 and min(self.val_loss, default=1) > 0:
+            ax.set_yscale("log")
+        handles, labels = ax.get_legend_handles_labels()
+        if self.accuracy or self.val_accuracy:
             ax2 = ax.twinx()
-            ax2.plot(epochs, self.val_accuracy, color="tab:green", label="validation accuracy")
-            ax2.set_ylabel("accuracy")
+            if self.accuracy:
+                ax2.plot(epochs, self.accuracy, color="tab:blue", linestyle="--",
+                         label="training accuracy")
+            if self.val_accuracy:
+                ax2.plot(epochs, self.val_accuracy, color="tab:orange", linestyle="--",
+                         label="validation accuracy")
+            ax2.set_ylabel("accuracy (dashed)")
             more = ax2.get_legend_handles_labels()
-            lines, labels = lines + more[0], labels + more[1]
-        ax.legend(lines, labels, loc="center right")
+            handles, labels = handles + more[0], labels + more[1]
+        if self.best_epoch is not None:
+            handles.append(ax.axvline(self.best_epoch, color="tab:green", linestyle=":"))
+            labels.append(f"best epoch ({self.best_epoch}), weights kept")
         ax.set_title(title or f"{len(self.loss)} epochs")
-        fig.tight_layout()
+        # below the axes: the legend never covers a curve
+        fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), frameon=False)
+        fig.tight_layout(rect=(0, 0.12, 1, 1))
         if path is not None:
             fig.savefig(path, format="png", dpi=100)
         return fig
@@ -173,7 +202,7 @@ class _Run:
         self.engine, self.reducer = engine, reducer
         self.lead = reducer is None or reducer.rank == 0  # who prints and writes checkpoints
         self.per_epoch = cfg.per_epoch or data.streamed  # something acts after every epoch
-        self.history = History()
+        self.history = History(first_epoch=st.epoch + 1)
 
     def epochs(self, interrupted):
         cfg, st, data, hist = self.cfg, self.st, self.data, self.history
@@ -193,22 +222,26 @@ class _Run:
                 t0 = time.perf_counter()
                 if pieces:
                     lr = st.lrs(1, data.n_total, np.float64)[0]
-                    loss = self.engine.epoch(lr, self.net._shuffle_rng, interrupted)
-                    losses, lrs = ([] if loss is None else [loss]), [lr]
+                    done_epoch = self.engine.epoch(lr, self.net._shuffle_rng, interrupted)
+                    losses, accs = ([], []) if done_epoch is None else ([done_epoch[0]],
+                                                                          [done_epoch[1]])
+                    lrs = [lr]
                 else:
                     lrs = st.lrs(count, data.n, self.net.dtype)
-                    losses = self.engine.run_epochs(lrs, self._orders(count))
+                    losses, accs = self.engine.run_epochs(lrs, self._orders(count))
                     lrs = lrs[:len(losses)]
                 seconds = time.perf_counter() - t0
                 if not pieces:
                     per_call = min(resize(count, seconds), order_cap, cfg.epochs)
                     pieces = count == 1 and seconds > 2 * CALL_SECONDS
                 st.advance(len(losses), data.n_total)
-                self._record(losses, lrs)
+                self._record(losses, accs, lrs)
                 done += len(losses)
                 if len(losses) < count:
                     self._diverged()
-                if self.per_epoch and self._end_of_epoch(bar, seconds):
+                stop = self.per_epoch and self._end_of_epoch(bar, seconds)
+                self._log(len(losses), seconds)
+                if stop:
                     hist.stopped_early = True
                     break
                 if interrupted():
@@ -231,15 +264,30 @@ class _Run:
             return np.arange(n)[None, :]
         return np.stack([self.net._shuffle_rng.permutation(n) for _ in range(count)])
 
-    def _record(self, losses, lrs):
+    def _record(self, losses, accs, lrs):
         """Append finished epochs to the history (one call each: at XOR size a per-epoch Python
-        loop costs a third of the epoch); print the loss if the last is a logging epoch."""
-        hist, st = self.history, self.st
+        loop costs a third of the epoch)."""
+        hist = self.history
         hist.loss.extend(losses)
         hist.lr.extend(lrs)
-        if (len(losses) and self.cfg.log_every and self.lead
-                and st.epoch % self.cfg.log_every == 0):
-            print(f"epoch {st.epoch}  loss {hist.loss[-1]:.4f}", flush=True)
+        if self.net._loss.targets in ("labels", "binary"):
+            hist.accuracy.extend(accs)
+
+    def _log(self, epochs, seconds):
+        """Print the last epoch's figures if it is a logging epoch (runs of epochs are cut to end
+        on one): loss, training accuracy, validation loss and accuracy, samples per second."""
+        hist, st, every = self.history, self.st, self.cfg.log_every
+        if not (epochs and every and self.lead and st.epoch % every == 0):
+            return
+        line = f"epoch {st.epoch}  loss {hist.loss[-1]:.4f}"
+        if hist.accuracy:
+            line += f"  accuracy {hist.accuracy[-1]:.4f}"
+        if hist.val_loss:
+            line += f"  val_loss {hist.val_loss[-1]:.4f}"
+        if hist.val_accuracy:
+            line += f"  val_accuracy {hist.val_accuracy[-1]:.4f}"
+        rate = self.data.n_total * epochs / seconds if seconds > 0 else float("inf")
+        print(f"{line}  {rate:,.0f} samples/s", flush=True)
 
     def _validate(self):
         """(validation loss, accuracy or None) of the network now; with sharded MPI data, over

@@ -202,7 +202,8 @@ def test_integer_sample_weights_equal_repeated_rows(sizes, loss):
 
 
 RUNS = [dict(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True),
-        dict(optimizer="adam", lr=0.01, schedule="cosine"),
+        # T_max given: schedule="cosine" sizes itself to the call that starts the run
+        dict(optimizer="adam", lr=0.01, schedule=schedules.CosineAnnealingLR(T_max=7)),
         dict(optimizer="adamw", lr=0.01, schedule=schedules.StepLR(2, 0.5))]
 
 

@@ -64,7 +64,7 @@ KERNEL_CALLER = textwrap.dedent("""
     params = rng.standard_normal(32)
     X, Y = rng.standard_normal((11, 3)), rng.standard_normal((11, 2))
     grads = np.empty(32)
-    ws = (np.empty(33), np.empty(22), np.empty(77), np.empty(110), np.empty(11))
+    ws = (np.empty(33), np.empty(22), np.empty(77), np.empty(110), np.empty(11), np.zeros(1))
     no_sparse = (np.empty(0), np.empty(0, np.int64), np.empty(0, np.int64))
     v = K.batch_gradients(grads, params, X, no_sparse, Y, np.empty(0), np.arange(11), 0, 11, layout,
                           np.array([3]), np.array([True, True]), 2, np.zeros(2), *ws)
