@@ -1,0 +1,168 @@
+"""The first hour with fastbp, as a newcomer meets it from the README: defaults, schedules,
+resume, the history, logs, summary and score, plots, install hints, the demo's help, and the
+notice while the kernels compile."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import schedules
+
+from conftest import make_data
+
+
+def test_schedule_cosine_anneals_over_the_runs_own_length():
+    X, y = make_data("cross_entropy", 40, 4, 3)
+    for epochs in (50, 200):
+        hist = fastbp.Network([4, 5, 3], seed=0).fit(X, y, epochs=epochs, lr=0.1,
+                                                     schedule="cosine")
+        assert hist.lr[0] == pytest.approx(0.1)
+        assert np.all(np.diff(hist.lr) <= 0)  # never back up to the full rate
+        assert hist.lr[-1] < 0.1 * 1e-3  # nearly at eta_min = 0 by the last epoch
+
+
+def test_a_resumed_cosine_run_stays_at_its_end_rate():
+    X, y = make_data("cross_entropy", 40, 4, 3)
+    net = fastbp.Network([4, 5, 3], seed=0)
+    net.fit(X, y, epochs=20, lr=0.1, schedule=schedules.CosineAnnealingLR(eta_min=0.001))
+    more = net.fit(X, y, epochs=5, lr=0.1, resume=True,
+                   schedule=schedules.CosineAnnealingLR(eta_min=0.001))
+    assert np.allclose(more.lr, 0.001)
+
+
+def test_schedule_step_drops_at_a_third_and_two_thirds_of_the_run():
+    X, y = make_data("cross_entropy", 40, 4, 3)
+    hist = fastbp.Network([4, 5, 3], seed=0).fit(X, y, epochs=30, lr=0.1, schedule="step")
+    assert np.allclose(hist.lr, [0.1] * 10 + [0.01] * 10 + [0.001] * 10)
+
+
+def test_batch_size_defaults_to_minibatches_of_200():
+    X, y = make_data("cross_entropy", 500, 4, 3)
+    net = fastbp.Network([4, 5, 3], seed=0)
+    net.fit(X, y, epochs=2)
+    assert net._train.optimizer.step == 2 * 3  # batches of 200, 200 and 100
+
+
+@pytest.mark.parametrize("change", [dict(batch_size=16), dict(shuffle=False)])
+def test_resume_refuses_another_batch_size_or_shuffle(change):
+    X, y = make_data("cross_entropy", 64, 4, 3)
+    net = fastbp.Network([4, 5, 3], seed=0)
+    net.fit(X, y, epochs=2, batch_size=8)
+    before = net._params.copy()
+    name = next(iter(change))
+    with pytest.raises(ValueError, match=f"whose {name} is"):
+        net.fit(X, y, epochs=2, resume=True, **dict(dict(batch_size=8), **change))
+    assert np.array_equal(before, net._params)
+
+
+def test_history_records_are_indexable_with_training_accuracy():
+    X, y = make_data("cross_entropy", 60, 4, 3, seed=1)
+    Xv, yv = make_data("cross_entropy", 20, 4, 3, seed=2)
+    net = fastbp.Network([4, 8, 3], seed=0, dtype=np.float64)
+    start = net.score(X, y)
+    # a rate too small to move the weights: the epoch's accuracy is the network's at its start
+    first = net.fit(X, y, epochs=1, lr=1e-300, batch_size=10, shuffle=False)
+    assert first.accuracy[0] == pytest.approx(start, abs=1e-15)
+    hist = net.fit(X, y, epochs=4, lr=0.3, batch_size=10, validation_data=(Xv, yv))
+    assert len(hist) == 4 and hist[-1]["epoch"] == net.epoch == 4  # a new run
+    assert set(hist[0]) == {"epoch", "loss", "lr", "accuracy", "val_loss", "val_accuracy"}
+    assert [r["loss"] for r in hist] == list(hist.loss)
+    with pytest.raises(IndexError):
+        hist[4]
+    reg = fastbp.Network([4, 3], loss="mse").fit(X, np.zeros((60, 3)), epochs=2)
+    assert "accuracy" not in reg[0] and len(reg.accuracy) == 0
+
+
+def test_log_every_prints_validation_loss_and_accuracy(capsys):
+    X, y = make_data("cross_entropy", 60, 4, 3, seed=1)
+    hist = fastbp.Network([4, 8, 3], seed=0).fit(X, y, epochs=4, log_every=2,
+                                                  validation_split=0.25)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert f"val_loss {hist.val_loss[-1]:.4f}  val_accuracy {hist.val_accuracy[-1]:.4f}" \
+        in lines[-1]
+
+
+def test_summary_lists_layers_parameters_dtype_and_memory():
+    net = fastbp.Network([4, 8, 3], activation="tanh", seed=0, dtype=np.float32)
+    text = net.summary()
+    assert "4 -> 8" in text and "8 -> 3" in text and "tanh" in text and "softmax" in text
+    assert f"parameters: {net.n_params:,} (float32, {net.n_params * 4:,} B)" in text
+
+
+def test_score_is_accuracy_for_classifiers_and_r2_for_regression():
+    sk_metrics = pytest.importorskip("sklearn.metrics")
+    X, y = make_data("cross_entropy", 50, 4, 3, seed=3)
+    net = fastbp.Network([4, 8, 3], seed=0)
+    net.fit(X, y, epochs=5)
+    assert net.score(X, y) == pytest.approx(np.mean(net.predict(X) == y))
+    Xr, yr = make_data("mse", 50, 4, 2, seed=3)
+    reg = fastbp.Network([4, 8, 2], loss="mse", seed=0, dtype=np.float64)
+    reg.fit(Xr, yr, epochs=5)
+    assert reg.score(Xr, yr) == pytest.approx(sk_metrics.r2_score(yr, reg.predict(Xr)))
+
+
+def test_one_hot_targets_train_as_their_labels():
+    X, y = make_data("cross_entropy", 30, 4, 3, seed=4)
+    a, b = (fastbp.Network([4, 5, 3], seed=0) for _ in range(2))
+    a.fit(X, y, epochs=3)
+    b.fit(X, np.eye(3)[y], epochs=3)
+    assert np.array_equal(a._params, b._params)
+    with pytest.raises(ValueError, match="one-hot rows"):
+        b.fit(X, np.full((30, 3), 0.5), epochs=1)
+
+
+def test_plot_leaves_the_matplotlib_backend_as_it_found_it(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    X, y = make_data("cross_entropy", 60, 4, 3, seed=1)
+    hist = fastbp.Network([4, 8, 3], seed=0).fit(X, y, epochs=30, lr=0.5,
+                                                  validation_split=0.3, early_stopping=True,
+                                                  patience=3)
+    backend = matplotlib.get_backend()
+    pyplot_loaded = "matplotlib.pyplot" in sys.modules
+    fig = hist.plot(tmp_path / "curves.png")
+    assert matplotlib.get_backend() == backend
+    assert ("matplotlib.pyplot" in sys.modules) == pyplot_loaded
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert "training accuracy" in labels and "validation accuracy" in labels
+    assert any(label.startswith(f"best epoch ({hist.best_epoch})") for label in labels)
+
+
+def _run(code, **env):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, **env))
+
+
+def test_missing_optional_dependencies_give_quoted_install_hints():
+    run = _run("import sys; sys.modules['sklearn'] = None\n"
+               "try:\n    import fastbp.sklearn\nexcept ImportError as e:\n    print(e)")
+    assert "pip install 'fastbp[sklearn]'" in run.stdout, run.stderr
+    run = _run("import sys; sys.modules['tqdm'] = None; sys.modules['tqdm.auto'] = None\n"
+               "import numpy as np, fastbp\n"
+               "try:\n    fastbp.Network([2, 2]).fit(np.ones((4, 2)), [0, 1, 0, 1], progress=True)\n"
+               "except ImportError as e:\n    print(e)")
+    assert "pip install 'fastbp[progress]'" in run.stdout, run.stderr
+
+
+def test_the_demos_help_is_plain_text_and_says_how_long_it_takes():
+    run = subprocess.run([sys.executable, "-m", "fastbp", "--help"], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0 and "``" not in run.stdout
+    assert "first run compiles" in run.stdout and "later runs take a few seconds" in run.stdout
+    seed = next(line for line in run.stdout.splitlines() if line.strip().startswith("--seed"))
+    assert "seed of the networks" in seed
+
+
+def test_a_first_compile_shows_a_notice_and_a_cached_start_does_not(tmp_path):
+    code = ("import numpy as np, fastbp\n"
+            "fastbp.Network([3, 4, 2], dtype=np.float64).fit(np.ones((8, 3)), np.zeros(8, int), "
+            "epochs=1)")
+    env = dict(NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    cold, warm = _run(code, **env), _run(code, **env)
+    assert cold.returncode == 0 and warm.returncode == 0, cold.stderr[-2000:]
+    assert cold.stderr.count("fastbp: compiling the kernels") == 1
+    assert "compiling" not in warm.stderr
