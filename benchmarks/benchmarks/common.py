@@ -35,7 +35,8 @@ class Trainer:
 
     def step(self):
         """One optimiser step: forward, backward and update on one batch."""
-        return self.net.fit(self.Xb, self.yb, epochs=1, lr=self.w.lr, shuffle=False)
+        return self.net.fit(self.Xb, self.yb, epochs=1, lr=self.w.lr, batch_size=self.w.batch,
+                            shuffle=False)
 
     def forward(self):
         """Inference on INFER_ROWS rows: the output activation (the identity output for mse)."""
