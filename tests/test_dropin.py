@@ -79,25 +79,20 @@ def regressor(mod, **kw):
 # ----------------------------------------------------------------- L-BFGS
 
 
-@pytest.mark.parametrize("kw", [dict(max_iter=40), dict(max_iter=200, max_fun=10),
-                                dict(max_iter=15, alpha=0.1, activation="tanh")])
-def test_lbfgs_classifier_follows_scikit_learn(kw):
-    X, y = digits()
-    theirs, ours = both(classifier, X, y, solver="lbfgs", **kw)
+LBFGS_CASES = [("classifier", dict(max_iter=40)), ("classifier", dict(max_iter=200, max_fun=10)),
+               ("classifier", dict(max_iter=15, alpha=0.1, activation="tanh")),
+               ("regressor", dict(max_iter=25)), ("regressor", dict(max_iter=200, max_fun=10)),
+               ("regressor", dict(max_iter=12, activation="logistic", alpha=1.0))]
+
+
+@pytest.mark.parametrize("kind,kw", LBFGS_CASES)
+def test_lbfgs_follows_scikit_learn(kind, kw):
+    make, (X, y) = (classifier, digits()) if kind == "classifier" else (regressor, diabetes())
+    theirs, ours = both(make, X, y, solver="lbfgs", **kw)
     assert ours.n_iter_ == theirs.n_iter_
     assert max_diff(ours, theirs) < 1e-9
     assert abs(ours.loss_ - theirs.loss_) < 1e-10
     assert not hasattr(ours, "loss_curve_") and not hasattr(theirs, "loss_curve_")
-
-
-@pytest.mark.parametrize("kw", [dict(max_iter=25), dict(max_iter=200, max_fun=10),
-                                dict(max_iter=12, activation="logistic", alpha=1.0)])
-def test_lbfgs_regressor_follows_scikit_learn(kw):
-    X, y = diabetes()
-    theirs, ours = both(regressor, X, y, solver="lbfgs", **kw)
-    assert ours.n_iter_ == theirs.n_iter_
-    assert max_diff(ours, theirs) < 1e-9
-    assert abs(ours.loss_ - theirs.loss_) < 1e-10
 
 
 def test_max_fun_stops_lbfgs_with_a_convergence_warning():

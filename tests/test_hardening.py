@@ -267,11 +267,11 @@ def test_loading_a_folder_or_an_unreadable_file_says_so(tmp_path):
 # ----------------------------------------------------------------- 6. outputs that overflow
 
 
-@pytest.mark.parametrize("method", ["predict", "predict_proba", "loss"])
+@pytest.mark.parametrize("method", ["predict", "predict_proba", "loss", "score"])
 def test_finite_input_that_overflows_float32_raises_naming_the_scale(method):
     net = fastbp.Network([2, 4, 2], seed=0, dtype=np.float32)
     X = np.full((3, 2), 3e38, dtype=np.float32)
-    args = (X, np.zeros(3, int)) if method == "loss" else (X,)
+    args = (X, np.zeros(3, int)) if method in ("loss", "score") else (X,)
     with pytest.raises(ValueError, match="input's scale"):
         getattr(net, method)(*args)
 
