@@ -104,7 +104,15 @@ def main(argv=None):
                         help="seed of the networks' initial weights and shuffling (default 0)")
     parser.add_argument("--plot", default="digits_curve.png",
                         help="where to write the PNG of the curves (default digits_curve.png)")
+    parser.add_argument("--precompile", action="store_true",
+                        help="only compile the kernels for float32 and float64 (or load them "
+                             "from the cache), so that later fits start at once")
     args = parser.parse_args(argv)
+    if args.precompile:
+        from . import precompile
+        for dtype, seconds in precompile().items():
+            print(f"{dtype}: ready in {seconds:.1f} s")
+        return
     xor(args.seed)
     data = digits(args.seed)
     if data is not None:

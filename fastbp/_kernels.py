@@ -1063,7 +1063,8 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, lr
     epoch_loss (E, 2) gets each epoch's sum of batch losses times batch lengths, and its count of
     correctly classified rows (before each batch's update), added to the values it holds on entry
     (0, or the sums so far of an epoch split over calls). Workspaces: as for ``batch_gradients``
-    with batch_size rows, and backup (P + state size,).
+    with batch_size rows, and backup (P + state size,), or (0,) when the caller keeps its own
+    backup (an epoch split over calls): then a diverging epoch is not restored here.
 
     Returns the number of epochs completed. Fewer than E means the loss or a parameter went
     non-finite in the next epoch; params, state and step are then restored to their values at
@@ -1076,7 +1077,8 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, lr
     weighted = SW.shape[0] > 0
     t = step[0]
     for e in range(E):
-        save_state(backup, params, state)
+        if backup.shape[0] > 0:
+            save_state(backup, params, state)
         t0 = t
         index = order[e % order.shape[0]]
         total = epoch_loss[e, 0]  # a running sum carried in: an epoch split over calls adds alike
@@ -1107,7 +1109,8 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, lr
         if ok:
             ok = all_finite(params)
         if not ok:
-            restore_state(params, state, backup)
+            if backup.shape[0] > 0:
+                restore_state(params, state, backup)
             step[0] = t0
             return e
         epoch_loss[e, 0] = total

@@ -10,7 +10,7 @@ Both settings are restored on exit. The results do not depend on the split: ever
 each element from one thread in a fixed order, and gemm partitions its output, not its sums.
 """
 import threading
-from contextlib import contextmanager
+from contextlib import nullcontext
 
 import numba
 
@@ -43,26 +43,34 @@ _inside = 0
 _user_blas = None
 
 
-@contextmanager
-def compute(uses_blas):
-    """Run the block with Numba and BLAS threads split for a network that does (or does not) call
-    BLAS; the user's settings come back afterwards, also on error and under concurrent fits."""
-    global _inside, _user_blas
-    budget = numba.get_num_threads()
-    if not uses_blas:
-        yield
-        return
-    with _lock:
-        if _inside == 0:
-            _user_blas = _blas().limit(limits=budget, user_api="blas")
-        _inside += 1
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(budget)
+class _Split:
+    """compute()'s context for a network that calls BLAS (a class: a 1-epoch fit notices a
+    generator's cost)."""
+
+    __slots__ = ("budget",)
+
+    def __enter__(self):
+        global _inside, _user_blas
+        self.budget = numba.get_num_threads()
+        with _lock:
+            if _inside == 0:
+                _user_blas = _blas().limit(limits=self.budget, user_api="blas")
+            _inside += 1
+        numba.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        global _inside, _user_blas
+        numba.set_num_threads(self.budget)
         with _lock:
             _inside -= 1
             if _inside == 0:
                 _user_blas.restore_original_limits()
                 _user_blas = None
+        return False
+
+
+def compute(uses_blas):
+    """The context to run in for a network that does (or does not) call BLAS: the threads split
+    between Numba and BLAS; the user's settings come back afterwards, also on error and under
+    concurrent fits."""
+    return _Split() if uses_blas else nullcontext()

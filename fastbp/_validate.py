@@ -1,5 +1,6 @@
 """Checks at the public boundary. Each raises a ValueError or TypeError that names the argument and
 says what was expected; the compiled code behind the boundary trusts what passed."""
+import math
 import numbers
 from collections import namedtuple
 
@@ -66,6 +67,17 @@ def _as_numeric_array(value, name):
     return arr
 
 
+def _convert(arr, dtype):
+    """arr as a C-contiguous array of dtype; values too large for it become inf (refused by the
+    caller), silently: the errstate context is entered only where that can happen (a float
+    narrowed), since a 1-epoch fit pays for each entry."""
+    dtype = np.dtype(dtype)
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > dtype.itemsize:
+        with np.errstate(over="ignore"):
+            return np.ascontiguousarray(arr, dtype=dtype)
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
 def _finite(arr, name, dtype):
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} contains NaN or infinity (or values too large for "
@@ -82,8 +94,7 @@ def features(X, n_features, dtype, name="X"):
     if arr.shape[1] != n_features:
         raise ValueError(f"{name} has {arr.shape[1]} features per sample; this network expects "
                          f"{n_features} (sizes[0])")
-    with np.errstate(over="ignore"):  # values too large for dtype become inf, refused just below
-        out = np.ascontiguousarray(arr, dtype=dtype)
+    out = _convert(arr, dtype)
     _finite(out, name, dtype)
     return out
 
@@ -117,8 +128,9 @@ def targets(y, n_samples, kind, n_out, dtype, name="y"):
     elif width != 1:
         raise ValueError(f"{name} must be 1-D, shape (n_samples,), one label per sample, or "
                          f"one-hot rows ({n_samples}, {n_out}); got shape {arr.shape}")
-    with np.errstate(over="ignore"):
-        out = np.ascontiguousarray(arr.reshape(n_samples, width), dtype=dtype)
+    out = _convert(arr.reshape(n_samples, width), dtype)
+    if kind == "binary" and out.min() >= 0 and out.max() <= 1:  # finite and in range (NaN fails)
+        return out, one_d
     _finite(out, name, dtype)
     if kind == "binary" and ((out < 0).any() or (out > 1).any()):
         raise ValueError(f"{name} must hold 0/1 labels or probabilities in [0, 1] for loss 'bce'; "
@@ -156,7 +168,7 @@ def real(value, name, minimum, strict=False):
     except OverflowError:  # an int beyond float's range, e.g. 10**400
         raise ValueError(f"{name} must be finite and >= {minimum}; got an integer of "
                          f"{len(str(abs(value)))} digits, beyond the range of a float") from None
-    if not np.isfinite(value) or value < minimum or (strict and value == minimum):
+    if not math.isfinite(value) or value < minimum or (strict and value == minimum):
         raise ValueError(f"{name} must be finite and {'>' if strict else '>='} {minimum}; "
                          f"got {value}")
     return value

@@ -51,6 +51,23 @@ def workspaces(net, rows, targets):
             np.zeros(1))                                   # correct: rows classified right
 
 
+SCRATCH_KEEP = 1 << 20  # bytes of workspaces a network keeps between fit calls
+
+
+def _scratch(net, rows, targets):
+    """(workspaces, gradient buffer) for a fit: small ones kept on the network and reused by its
+    next fit of the same shape (a 1-epoch fit of a small network spends a tenth of its time
+    allocating them), large ones allocated afresh and freed with the run."""
+    key = (rows, targets, net.dtype)
+    kept = net._scratch
+    if kept is not None and kept[0] == key:
+        return kept[1], kept[2]
+    ws, grads = workspaces(net, rows, targets), np.empty_like(net._params)
+    if sum(a.nbytes for a in ws) + grads.nbytes <= SCRATCH_KEEP:
+        net._scratch = (key, ws, grads)
+    return ws, grads
+
+
 class Engine:
     """Compiled training of ``net`` on ``data`` (data.TrainData) with ``state`` (state.TrainState).
     Allocates everything once; ``reducer`` (distributed.Reducer) for data-parallel steps."""
@@ -59,12 +76,14 @@ class Engine:
         self.net, self.data, self.state, self.reducer = net, data, state, reducer
         rows = data.rows_per_step
         self.use_blas = net._use_blas(rows)
-        self.ws = workspaces(net, rows, data.Y.shape[1])
-        self.grads = np.empty_like(net._params)
-        opt_state = state.optimizer.state
-        # backup: the compiled loop's own (one epoch); epoch_backup: an epoch made of blocks
-        self.backup = np.empty(net.n_params + opt_state.size, net.dtype)
-        self.epoch_backup = np.empty_like(self.backup)
+        self.ws, self.grads = _scratch(net, rows, data.Y.shape[1])
+        # The epoch-start copy of params and optimiser state, made where the epoch is run: in
+        # the compiled loop (run_epochs), or here for an epoch cut into calls (save/restore).
+        # One of the two is allocated, when first needed: a copy of W3's weights is 42 MB.
+        self._backup_size = net.n_params + state.optimizer.state.size
+        self.backup = self.epoch_backup = None
+        self.no_backup = np.empty(0, net.dtype)
+        self._step = np.zeros(1, np.int64)  # the step count, in and out of the compiled loop
         self.l2 = np.array(l2, dtype=np.float64)
         self.hyper = state.optimizer.hyper(net.dtype)
         if reducer is not None:
@@ -80,6 +99,8 @@ class Engine:
 
     def save(self):
         """Remember params, optimiser state and step count (an epoch's start)."""
+        if self.epoch_backup is None:
+            self.epoch_backup = np.empty(self._backup_size, self.net.dtype)
         K.save_state(self.epoch_backup, self.net._params, self.state.optimizer.state)
         self._saved_step = self.state.optimizer.step
 
@@ -99,14 +120,18 @@ class Engine:
         batch's update) of the epochs completed (fewer than asked: the next one diverged and was
         undone)."""
         d, opt = self.data, self.state.optimizer
+        if self.backup is None:
+            self.backup = np.empty(self._backup_size, self.net.dtype)
         losses = np.zeros((len(lrs), 2))
-        step = np.array([opt.step], dtype=np.int64)
+        step = self._step
+        step[0] = opt.step
         done = K.train_epochs(self.net._params, opt.state, step, self.grads, losses, d.X, d.Xs,
                               d.Y, d.SW, order, lrs, self.net._layout, self.net._acts, self.use_blas,
                               self.net._loss.code, d.batch, opt.code, self.hyper, self.l2,
                               *self.ws, self.backup)
         opt.step = int(step[0])
-        return losses[:done, 0] / d.n, losses[:done, 1] / d.n
+        sums = losses[:done] / d.n
+        return sums[:, 0], sums[:, 1]
 
     # ---------------------------------------------------------------- one epoch in blocks
 
@@ -155,14 +180,14 @@ class Engine:
 
     def _block_compiled(self, block, lrs, total):
         """Rows index of a block through the compiled loop, their losses added to total (1,);
-        False if it diverged."""
+        False if it diverged (the caller restores the epoch's start: no copy here)."""
         X, Xs, Y, SW, index, _ = block
         d, opt = self.data, self.state.optimizer
         step = np.array([opt.step], dtype=np.int64)
         done = K.train_epochs(self.net._params, opt.state, step, self.grads, total, X, Xs, Y, SW,
                               np.ascontiguousarray(index)[None, :], lrs, self.net._layout,
                               self.net._acts, self.use_blas, self.net._loss.code, d.batch,
-                              opt.code, self.hyper, self.l2, *self.ws, self.backup)
+                              opt.code, self.hyper, self.l2, *self.ws, self.no_backup)
         opt.step = int(step[0])
         return bool(done)
 
@@ -258,3 +283,28 @@ class FullBatch:
                                   self.index, 0, self.index.shape[0], net._layout, net._acts, self.use_blas,
                                   net._loss.code, self.no_l2, *self.ws)
         return value, self.grads
+
+
+def precompile(dtypes=("float32", "float64")):
+    """Compile (or load from Numba's disk cache) every kernel fastbp calls, for each dtype, so
+    that the first real fit starts at once: ``fastbp.precompile()``, or ``python -m fastbp
+    --precompile`` after installing. Returns the seconds each dtype took."""
+    from .network import Network  # network imports this module
+    seconds = {}
+    for dtype in dtypes:
+        dtype = np.dtype(dtype)
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(0)
+        for sizes in ([3, 4, 2], [64, 64, 2]):  # the fused loop, and the per-layer kernels
+            X = rng.standard_normal((64, sizes[0])).astype(dtype)
+            y = rng.integers(0, 2, 64)
+            net = Network(sizes, seed=0, dtype=dtype)
+            net.fit(X, y, epochs=1, batch_size=64, validation_data=(X, y), optimizer="adam")
+            net.fit(X, y, epochs=1, batch_size=64)
+            net.predict(X)
+            net.gradients(X, y)
+            full = FullBatch(net, X, net._XY(X, y)[1], np.empty(0, dtype))
+            with full.threads():
+                full()
+        seconds[dtype.name] = time.perf_counter() - t0
+    return seconds

@@ -107,6 +107,7 @@ class Network:
         self._shuffle_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
         self._targets_1d = self.sizes[-1] == 1
         self._train = None  # state.TrainState of the last fit, for resume=True and checkpoints
+        self._scratch = None  # small workspaces kept between fits (engine._scratch)
 
     # ------------------------------------------------------------------ construction helpers
 

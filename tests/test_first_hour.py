@@ -166,3 +166,11 @@ def test_a_first_compile_shows_a_notice_and_a_cached_start_does_not(tmp_path):
     assert cold.returncode == 0 and warm.returncode == 0, cold.stderr[-2000:]
     assert cold.stderr.count("fastbp: compiling the kernels") == 1
     assert "compiling" not in warm.stderr
+
+
+def test_precompile_readies_every_dtype():
+    seconds = fastbp.precompile(("float64",))
+    assert set(seconds) == {"float64"} and seconds["float64"] >= 0
+    run = subprocess.run([sys.executable, "-m", "fastbp", "--precompile"], capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0 and "float32: ready in" in run.stdout and "float64" in run.stdout
