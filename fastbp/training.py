@@ -212,9 +212,10 @@ class _Run:
         work = epoch_work(data.n, data.batch, self.net.n_params)
         order_cap = max(1, ORDER_BUDGET // data.n) if st.shuffle else cfg.epochs
         per_call = max(1, min(cfg.epochs, WORK_PER_CALL // work, order_cap))
-        # epochs longer than a compiled call go through the engine in pieces of
-        # batches (the same arithmetic, cut where Ctrl-C can be seen)
-        pieces = self.per_epoch or work > 4 * WORK_PER_CALL
+        # epochs of several batches, longer than a compiled call, go through the engine in
+        # pieces of batches (the same arithmetic, cut where Ctrl-C can be seen); a one-batch
+        # epoch cannot be cut, and the pieces' bookkeeping would cost a one-step fit 10%
+        pieces = self.per_epoch or (work > 4 * WORK_PER_CALL and data.steps > 1)
         done = 0
         try:
             while done < cfg.epochs:
@@ -235,7 +236,7 @@ class _Run:
                 seconds = time.perf_counter() - t0
                 if not pieces:
                     per_call = min(resize(count, seconds), order_cap, cfg.epochs)
-                    pieces = count == 1 and seconds > 2 * CALL_SECONDS
+                    pieces = count == 1 and seconds > 2 * CALL_SECONDS and data.steps > 1
                 st.advance(len(losses), data.n_total)
                 self._record(losses, accs, lrs)
                 done += len(losses)
