@@ -62,6 +62,11 @@ class Reducer:
             result, info = None, (None, f"{type(exc).__name__}: {exc}")
             error = exc
         infos = self.comm.allgather(info)
+        if result is None or any(why is not None for _, why in infos) or \
+                _first_difference([d for d, _ in infos], skip={"rows_here"}):
+            # every rank raises: one after another in rank order, so that the tracebacks of an
+            # uncaught error do not interleave in the job's output
+            time.sleep(min(2.0, 0.15 * self.rank))
         if result is None:
             if isinstance(error, (ValueError, TypeError)):  # the same type, naming the rank
                 raise type(error)(f"{error} (on rank {self.rank} of {self.size})") from None

@@ -104,10 +104,12 @@ class Engine:
         K.save_state(self.epoch_backup, self.net._params, self.state.optimizer.state)
         self._saved_step = self.state.optimizer.step
 
-    def restore(self):
-        """Go back to what ``save`` remembered."""
+    def restore(self, rng=None):
+        """Go back to what ``save`` remembered (and rng to the epoch's start, when given)."""
         K.restore_state(self.net._params, self.state.optimizer.state, self.epoch_backup)
         self.state.optimizer.step = self._saved_step
+        if rng is not None:
+            rng.bit_generator.state = self.rng_state
 
     def finite(self):
         return K.all_finite(self.net._params)
@@ -142,7 +144,7 @@ class Engine:
         interrupted() is asked between compiled calls: if true, the epoch is undone (the shuffling
         stream included) and KeyboardInterrupt raised."""
         self.save()
-        rng_state = rng.bit_generator.state
+        rng_state = self.rng_state = rng.bit_generator.state  # the epoch's start, with save()
         lrs = np.array([lr], dtype=self.net.dtype)
         total = np.zeros((1, 2))  # the running sums (loss, correct) the calls add to, in order
         for block in self.data.blocks(rng, self.state.shuffle, self.reducer):

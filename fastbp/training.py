@@ -55,6 +55,9 @@ class Series(Sequence):
     def append(self, value):
         self._data.append(float(value))
 
+    def pop(self):
+        return self._data.pop()
+
     def extend(self, values):
         if len(values) < 64:  # the common few: as floats (a bytes round trip costs more)
             self._data.extend([float(v) for v in values])
@@ -226,9 +229,8 @@ class _Run:
                 if pieces:
                     lr = st.lrs(1, data.n_total, np.float64)[0]
                     done_epoch = self.engine.epoch(lr, self.net._shuffle_rng, interrupted)
-                    losses, accs = ([], []) if done_epoch is None else ([done_epoch[0]],
-                                                                          [done_epoch[1]])
-                    lrs = [lr]
+                    losses, accs, lrs = ([], [], []) if done_epoch is None else (
+                        [done_epoch[0]], [done_epoch[1]], [lr])
                 else:
                     lrs = st.lrs(count, data.n, self.net.dtype)
                     losses, accs = self.engine.run_epochs(lrs, self._orders(count))
@@ -308,6 +310,7 @@ class _Run:
             self.reducer.sum(sums)
             value, correct, n = sums[0] / sums[2], (None if correct is None else sums[1]), sums[2]
         if not np.isfinite(value):  # after the reduction: every rank decides alike
+            self._undo_last_epoch()
             self._diverged()
         return float(value), (None if correct is None else correct / n)
 
@@ -343,6 +346,15 @@ class _Run:
             if cb(st.epoch, hist.loss[-1], val_loss, net) is False:
                 stop = True
         return stop
+
+    def _undo_last_epoch(self):
+        """The last epoch, finished but found to diverge afterwards (its validation loss is not
+        finite), undone: weights, optimiser, shuffling stream, counts and history record."""
+        self.engine.restore(self.net._shuffle_rng)
+        self.st.advance(-1, self.data.n_total)
+        for series in (self.history.loss, self.history.lr, self.history.accuracy):
+            if len(series) > len(self.history.val_loss):
+                series.pop()
 
     def _diverged(self):
         epoch = len(self.history.loss) + 1

@@ -352,3 +352,17 @@ def test_history_costs_at_most_16_bytes_an_epoch():
     assert len(hist) == 200_000
     size = sys.getsizeof(hist.loss._data) + sys.getsizeof(hist.lr._data)
     assert size <= 16 * 200_000 * 1.2
+
+
+@pytest.mark.parametrize("per_epoch", [False, True])
+def test_a_divergence_leaves_a_history_of_the_completed_epochs(per_epoch):
+    X, y = make_data("mse", 32, 4, 2, seed=0)
+    net = fastbp.Network([4, 8, 2], activation="identity", loss="mse", seed=0, dtype=np.float64)
+    extra = dict(validation_data=(X, y)) if per_epoch else {}
+    with pytest.raises(fastbp.DivergenceError) as info:
+        net.fit(X, y * 1e3, epochs=200, lr=50.0, batch_size=8, **extra)
+    hist = info.value.history
+    assert len(hist.lr) == len(hist.loss) and len(hist.accuracy) == 0  # mse: no accuracy
+    if per_epoch:
+        assert len(hist.val_loss) == len(hist.loss)
+    assert net.epoch == len(hist.loss) and np.isfinite(net._params).all()

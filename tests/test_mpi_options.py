@@ -204,3 +204,17 @@ def test_a_rank_interrupted_before_the_agreement_tells_the_others(tmp_path):
     """, timeout=LIMIT)
     assert "rank 1: interrupted" in run.stdout
     assert "rank 0: rank 1 of 2 refused its input" in run.stdout
+
+
+def test_uncaught_launch_errors_from_several_ranks_do_not_interleave(tmp_path):
+    run = mpirun(tmp_path, 2, """
+        X = np.ones((8, 3))
+        fastbp.Network([3, 4, 2], seed=0).fit(X, np.zeros(8, int), comm=comm,
+                                              epochs=2 + comm.rank, log_every=0)
+    """, timeout=LIMIT)
+    assert run.returncode != 0
+    tracebacks = run.stderr.split("Traceback (most recent call last):")[1:]
+    assert len(tracebacks) == 2, run.stderr
+    for tb in tracebacks:  # each one whole: it ends with its error line
+        last = [line for line in tb.splitlines() if line.strip()][-1]
+        assert last.startswith("ValueError: the ranks disagree on epochs"), run.stderr
