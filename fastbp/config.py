@@ -39,7 +39,7 @@ def _callbacks(value, name):
 
 
 def _path(value, name):
-    if isinstance(value, (bool, int, float)) or not isinstance(value, (str, os.PathLike)):
+    if not isinstance(value, (str, os.PathLike)):
         raise TypeError(f"{name} must be a file path (str or os.PathLike) or None; got {value!r}")
     path = os.fspath(value)
     if isinstance(path, bytes):
@@ -172,9 +172,7 @@ class Config:
         out = {}
         for name in OPTIONS:
             v = getattr(self, name)
-            if name == "optimizer":
-                v = v.config()
-            elif name == "schedule":
+            if name in ("optimizer", "schedule"):
                 v = v.config()
             elif name in ("sample_weight", "validation_data", "checkpoint"):
                 v = v is not None

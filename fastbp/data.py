@@ -116,7 +116,7 @@ def sample_weight(value, n, dtype, signed=False):
     weights allowed (scikit-learn's estimators accept them), with a nonzero sum."""
     if value is None:
         return np.empty(0, dtype)
-    arr = np.asarray(value) if not isinstance(value, np.ndarray) else value
+    arr = np.asarray(value)
     if arr.ndim != 1:
         raise ValueError(f"sample_weight must be 1-D, shape (n_samples,) = ({n},); got shape "
                          f"{arr.shape}")
@@ -191,7 +191,7 @@ class TrainData:
             raise ValueError("early_stopping=True needs validation_data or validation_split")
         self.Y, self.SW, self.n = Y, SW, n
         # the global batch and this rank's rows of it
-        self.n_total = n * ranks if part and sharded else n  # refined by agree_sizes
+        self.n_total = n * ranks if part and sharded else n  # sharded: set_global refines it
         self.batch = batch_rows(cfg.batch_size, n)
         self.rows_per_step = self.batch if part is None else -(-self.batch // ranks)
         self.steps = -(-n // self.batch)
@@ -241,8 +241,8 @@ class TrainData:
 
     def blocks(self, rng, shuffle, reducer):
         """The epoch as blocks (X, Xs, Y, SW, index, bounds): the rows index of X (or of its sparse
-        form Xs, see _kernels.batch_gradients), Y, SW in training
-        order; bounds, with a reducer, the (start, stop) of this rank's rows of each step."""
+        form Xs, see _kernels.batch_gradients), Y, SW in training order; bounds, with a reducer,
+        the (start, stop) of this rank's rows of each step."""
         if not self.streamed:
             index = self.order(rng, shuffle, self.n)
             yield (self.X, self.Xs, self.Y, self.SW, index,
@@ -260,17 +260,17 @@ class TrainData:
             steps += len(bounds)
             mine = np.concatenate([index[lo:hi] for lo, hi in bounds])
             if mine.size == 0:
-                yield self.X_empty(), self.Xs, self.Y[a:a], SW[:0], mine, bounds
+                yield self._x_empty(), self.Xs, self.Y[a:a], SW[:0], mine, bounds
                 continue
             rows = np.sort(mine)
             # this rank reads only its own rows; index maps the training order onto them
             yield (s.read_rows(a, rows), self.Xs, self.Y[a + rows], SW[rows] if SW.size else SW,
                    np.searchsorted(rows, mine), self._consecutive(bounds))
         if reducer is not None and steps < self.steps:  # a shard with fewer chunks: empty steps
-            yield self.X_empty(), self.Xs, self.Y[:0], self.SW[:0], np.empty(0, np.int64), \
+            yield self._x_empty(), self.Xs, self.Y[:0], self.SW[:0], np.empty(0, np.int64), \
                 [(0, 0)] * (self.steps - steps)
 
-    def X_empty(self):
+    def _x_empty(self):
         return np.empty((0, self.net.sizes[0]), self.net.dtype)
 
     def _bounds(self, m):

@@ -62,8 +62,10 @@ class Reducer:
             result, info = None, (None, f"{type(exc).__name__}: {exc}")
             error = exc
         infos = self.comm.allgather(info)
-        if result is None or any(why is not None for _, why in infos) or \
-                _first_difference([d for d, _ in infos], skip={"rows_here"}):
+        failed = [(r, why) for r, (_, why) in enumerate(infos) if why is not None]
+        descs = [d for d, _ in infos]
+        mismatch = None if failed else _first_difference(descs, skip={"rows_here"})
+        if failed or mismatch:
             # every rank raises: one after another in rank order, so that the tracebacks of an
             # uncaught error do not interleave in the job's output
             time.sleep(min(2.0, 0.15 * self.rank))
@@ -71,15 +73,12 @@ class Reducer:
             if isinstance(error, (ValueError, TypeError)):  # the same type, naming the rank
                 raise type(error)(f"{error} (on rank {self.rank} of {self.size})") from None
             raise error
-        failed = [(r, why) for r, (_, why) in enumerate(infos) if why is not None]
         if failed:
             text = "; ".join(f"rank {r}: {why}" for r, why in failed)
             raise ValueError(f"rank{'s' if len(failed) > 1 else ''} "
                              f"{', '.join(str(r) for r, _ in failed)} of {self.size} refused "
                              f"{'their' if len(failed) > 1 else 'its'} input, so no rank trains "
                              f"({text})")
-        descs = [d for d, _ in infos]
-        mismatch = _first_difference(descs, skip={"rows_here"})
         if mismatch:
             raise ValueError(mismatch)
         if cfg.sharded:

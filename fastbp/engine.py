@@ -144,7 +144,7 @@ class Engine:
         interrupted() is asked between compiled calls: if true, the epoch is undone (the shuffling
         stream included) and KeyboardInterrupt raised."""
         self.save()
-        rng_state = self.rng_state = rng.bit_generator.state  # the epoch's start, with save()
+        self.rng_state = rng.bit_generator.state  # the epoch's start, with save()
         lrs = np.array([lr], dtype=self.net.dtype)
         total = np.zeros((1, 2))  # the running sums (loss, correct) the calls add to, in order
         for block in self.data.blocks(rng, self.state.shuffle, self.reducer):
@@ -155,8 +155,7 @@ class Engine:
                     self.restore()
                     return None
                 if interrupted():
-                    self.restore()
-                    rng.bit_generator.state = rng_state
+                    self.restore(rng)
                     raise KeyboardInterrupt
         if not self.finite():
             self.restore()

@@ -267,16 +267,24 @@ class Network:
         scikit-learn's score; averaged over outputs for several."""
         X, Y, _ = self._XY(X, y)
         out, _ = self._evaluate(X)
-        if self.loss_name == "cross_entropy":
-            return float((out.argmax(axis=1) == Y[:, 0]).mean())
-        if self.loss_name == "bce":
-            return float(((out > 0.5) == (Y > 0.5)).all(axis=1).mean())
+        right = self._classified_right(out, Y)
+        if right is not None:
+            return float(right.mean())
         Y64, out64 = Y.astype(np.float64), out.astype(np.float64)
         residual = ((Y64 - out64) ** 2).sum(axis=0)
         total = ((Y64 - Y64.mean(axis=0)) ** 2).sum(axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
             r2 = np.where(total > 0, 1 - residual / total, np.where(residual > 0, 0.0, 1.0))
         return float(r2.mean())
+
+    def _classified_right(self, out, Y):
+        """Which rows of the outputs out (n, OC) are classified right against Y (n, T), as
+        predict decides (the NumPy twin of _kernels.count_correct); None for regression."""
+        if self.loss_name == "cross_entropy":
+            return out.argmax(axis=1) == Y[:, 0]
+        if self.loss_name == "bce":
+            return ((out > 0.5) == (Y > 0.5)).all(axis=1)
+        return None
 
     def summary(self):
         """A table of the layers (shapes, activations, parameter counts), the parameter total,

@@ -10,8 +10,8 @@ import glob
 import io
 import json
 import os
+import secrets
 import stat
-import tempfile
 
 import numpy as np
 
@@ -143,15 +143,17 @@ def save(net, path):
             arrays["best_params"] = net._train.best[2]
     buf = io.BytesIO()
     np.savez(buf, meta=np.array(json.dumps(meta)), **arrays)
-    if mode is None:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=folder)
+        # Created with 0666 less the umask, by the kernel (mkstemp's 0600 would tighten every
+        # file, and reading the umask means setting it, which races with other threads); a file
+        # replaced keeps its own bits.
+        name = os.path.join(folder, f"{TMP_PREFIX}{secrets.token_hex(8)}{TMP_SUFFIX}")
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        tmp = name
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
             f.write(buf.getbuffer())
             f.flush()
             os.fsync(f.fileno())

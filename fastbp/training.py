@@ -262,12 +262,11 @@ class _Run:
         return hist
 
     def _orders(self, count):
-        n = self.data.n
-        if self.data.orders is not None:
-            return np.stack([self.data.order(None, True, n) for _ in range(count)])
-        if not self.st.shuffle:
-            return np.arange(n)[None, :]
-        return np.stack([self.net._shuffle_rng.permutation(n) for _ in range(count)])
+        """The next count epochs' sample orders, (count, n); one row reused without shuffling."""
+        d = self.data
+        if not self.st.shuffle and d.orders is None:
+            return np.arange(d.n)[None, :]
+        return np.stack([d.order(self.net._shuffle_rng, True, d.n) for _ in range(count)])
 
     def _record(self, losses, accs, lrs):
         """Append finished epochs to the history (one call each: at XOR size a per-epoch Python
@@ -299,11 +298,8 @@ class _Run:
         every rank's validation rows."""
         Xv, Yv = self.data.val
         out, value = self.net._evaluate(Xv, Yv, check_finite=False)
-        correct = None
-        if self.net.loss_name == "cross_entropy":
-            correct = float((out.argmax(axis=1) == Yv[:, 0]).sum())
-        elif self.net.loss_name == "bce":
-            correct = float(((out > 0.5) == (Yv > 0.5)).all(axis=1).sum())
+        right = self.net._classified_right(out, Yv)
+        correct = None if right is None else float(right.sum())
         n = Xv.shape[0]
         if self.reducer is not None and self.cfg.sharded:
             sums = np.array([value * n, correct or 0.0, n], dtype=np.float64)
