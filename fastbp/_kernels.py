@@ -24,7 +24,9 @@ import numpy as np
 from numba import njit, prange
 
 from . import _notice
+from . import _pcg
 from . import _threads
+from . import _vmath as vm
 
 _threads.start_pool()  # before any cached kernel runs: see _threads.start_pool
 _notice.install()  # a first compile says so (see _notice)
@@ -67,16 +69,7 @@ PARALLEL_MIN_WORK = 1 << 15  # element operations below which a loop stays on th
 # --------------------------------------------------------------------------- scalar helpers
 
 
-@njit(cache=True)
-def _sigmoid(z):
-    """1 / (1 + exp(-z)) in two branches so exp never overflows: exp(-|z|) <= 1."""
-    if z >= 0:
-        return 1 / (1 + np.exp(-z))
-    e = np.exp(z)
-    return e / (1 + e)
-
-
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _logsumexp_parts(logits, b):
     """(m, s) for row b of logits (B, OC): m its maximum, s = sum exp(logits - m) in float64,
     so every term is <= 1 and log-sum-exp = m + log(s) stays finite for huge logits."""
@@ -86,8 +79,48 @@ def _logsumexp_parts(logits, b):
         m = max(m, logits[b, o])
     s = np.float64(0)
     for o in range(OC):
-        s += np.exp(logits[b, o] - m)
+        s += vm.exp(logits[b, o] - m)
     return m, s
+
+
+@njit(cache=True)
+def _shift_by_max(d, z):
+    """d (OC,) = z - m for z (OC,), m its largest element, returned; d may alias z. Every exp of
+    the softmax is taken of these, so each term is <= 1 and none overflows."""
+    m = z[0]
+    for o in range(1, z.shape[0]):
+        m = max(m, z[o])
+    for o in range(z.shape[0]):
+        d[o] = z[o] - m
+    return m
+
+
+@njit(cache=True, error_model="numpy")
+def _exp_block(z):
+    """z (n,) = exp(z), in place, in one vectorised loop."""
+    for i in range(z.shape[0]):
+        z[i] = vm.exp(z[i])
+
+
+@njit(cache=True)
+def _sum64(d):
+    """The sum of d (OC,) in float64, in order."""
+    s = np.float64(0)
+    for o in range(d.shape[0]):
+        s += d[o]
+    return s
+
+
+@njit(cache=True, error_model="numpy")
+def _ce_delta(d, label, B):
+    """d (OC,) holds exp(z - m) on entry and (softmax(z) - onehot(label)) / B on exit; returns
+    s, the sum of the exps in float64."""
+    s = _sum64(d)
+    el = d[label]
+    for o in range(d.shape[0]):
+        d[o] = d[o] / s / B
+    d[label] = (el / s - 1) / B
+    return s
 
 
 @njit(cache=True, inline="always")
@@ -96,7 +129,7 @@ def _poisson_row_term(z, y):
     (0 at a perfect fit; y log y = 0 at y = 0). Its derivative in z is exp(z) - y."""
     z = np.float64(z)
     y = np.float64(y)
-    return np.exp(z) - y * z + (y * np.log(y) - y if y > 0 else 0.0)
+    return vm.exp(z) - y * z + (y * vm.log(y) - y if y > 0 else 0.0)
 
 
 # --------------------------------------------------------------------------- when to go parallel
@@ -113,34 +146,114 @@ def _parallel(work):
     return work >= PARALLEL_MIN_WORK
 
 
+# --------------------------------------------------------------------------- activations
+# Each activation's formula is written once, in _vmath (forward) or _act_grad_row (derivative);
+# the loops below run over one row's contiguous elements from index 0, with the activation chosen
+# outside the loop, so each loop vectorises (error_model="numpy": no division checks in them).
+
+
+@njit(cache=True, error_model="numpy")
+def _act_row(row, act):
+    """row (N,) = act(row), in place."""
+    N = row.shape[0]
+    if act == ACT_SIGMOID:
+        for j in range(N):
+            row[j] = vm.sigmoid(row[j])
+    elif act == ACT_RELU:
+        for j in range(N):
+            row[j] = row[j] if not row[j] < 0 else 0  # NaN stays NaN, as in PyTorch
+    elif act == ACT_TANH:
+        for j in range(N):
+            row[j] = vm.tanh(row[j])
+    elif act == ACT_LEAKY_RELU:
+        for j in range(N):
+            row[j] = row[j] if not row[j] < 0 else row[j] * LEAKY_SLOPE
+
+
+@njit(cache=True, error_model="numpy")
+def _act_grad_row(drow, arow, act):
+    """drow (N,) = dL/da in, dL/dz out, in place; the derivative from the output arow (N,):
+    sigmoid' = a (1 - a), tanh' = 1 - a^2, relu/leaky_relu test a > 0, which is z > 0."""
+    N = drow.shape[0]
+    if act == ACT_SIGMOID:
+        for j in range(N):
+            drow[j] *= arow[j] * (1 - arow[j])
+    elif act == ACT_RELU:
+        for j in range(N):
+            drow[j] = drow[j] if arow[j] > 0 else 0
+    elif act == ACT_TANH:
+        for j in range(N):
+            drow[j] *= 1 - arow[j] * arow[j]
+    elif act == ACT_LEAKY_RELU:
+        for j in range(N):
+            drow[j] = drow[j] if arow[j] > 0 else drow[j] * LEAKY_SLOPE
+
+
+@njit(parallel=True, cache=True)
+def activation_forward(a, act):
+    """a (B, N): pre-activation z in, act(z) out, in place."""
+    B, N = a.shape
+    if act == ACT_IDENTITY:
+        return
+    if _parallel(B * N):
+        for b in prange(B):
+            _act_row(a[b], act)
+    else:
+        for b in range(B):
+            _act_row(a[b], act)
+
+
+@njit(parallel=True, cache=True)
+def activation_backward(dz, a, act):
+    """dz (B, N): dL/da in, dL/dz out, in place; the derivative is taken from the output a (B, N),
+    so the backward pass needs no copy of z (see _act_grad_row). The training loop does this
+    inside dense_backward's dbias pass instead (one pass over the delta, not two)."""
+    B, N = a.shape
+    if act == ACT_IDENTITY:
+        return
+    if _parallel(B * N):
+        for b in prange(B):
+            _act_grad_row(dz[b], a[b], act)
+    else:
+        for b in range(B):
+            _act_grad_row(dz[b], a[b], act)
+
+
 # --------------------------------------------------------------------------- dense layer
 
 
 @njit(cache=True)
-def _dense_forward_row(out, inp, weight, bias, b):
-    """Row b of out (B, OC) = inp (B, C) @ weight (C, OC) + bias: the weight rows are streamed
-    contiguously, accumulating into the output row."""
+def _dense_forward_row(out, inp, weight, bias, act, b):
+    """Row b of out (B, OC) = act(inp (B, C) @ weight (C, OC) + bias): the weight rows are
+    streamed contiguously, accumulating into the output row, activated while it is in cache."""
     C, OC = weight.shape
+    o_row = out[b]
     for o in range(OC):
-        out[b, o] = bias[o]
+        o_row[o] = bias[o]
     for c in range(C):
         x = inp[b, c]
+        w_row = weight[c]
         for o in range(OC):
-            out[b, o] += x * weight[c, o]
+            o_row[o] += x * w_row[o]
+    _act_row(o_row, act)
 
 
 @njit(cache=True)
-def _add_bias_row(out, bias, b):
-    for o in range(out.shape[1]):
-        out[b, o] += bias[o]
+def _bias_act_row(row, bias, act):
+    """row (OC,) = act(row + bias): the pass after a gemm (the second loop finds row in L1)."""
+    for o in range(row.shape[0]):
+        row[o] += bias[o]
+    _act_row(row, act)
 
 
 @njit(parallel=True, cache=True)
-def dense_forward(out, inp, weight, bias, use_blas):
-    """out (B, OC) = inp (B, C) @ weight (C, OC) + bias (OC,).
+def dense_forward(out, inp, weight, bias, act, use_blas):
+    """out (B, OC) = act(inp (B, C) @ weight (C, OC) + bias (OC,)); act: an ACT_ code
+    (ACT_IDENTITY for logits).
 
-    ``use_blas`` picks one gemm call (large shapes) or explicit loops over batch rows (small
-    shapes, where the BLAS call overhead dominates).
+    ``use_blas`` picks one gemm call and then one pass adding the bias and activating (large
+    shapes), or explicit loops over batch rows (small shapes, where the BLAS call overhead
+    dominates).
     """
     B, C = inp.shape
     OC = weight.shape[1]
@@ -148,76 +261,88 @@ def dense_forward(out, inp, weight, bias, use_blas):
         np.dot(inp, weight, out)
         if _parallel(B * OC):
             for b in prange(B):
-                _add_bias_row(out, bias, np.int64(b))
+                _bias_act_row(out[b], bias, act)
         else:
             for b in range(B):
-                _add_bias_row(out, bias, b)
+                _bias_act_row(out[b], bias, act)
     elif _parallel(B * C * OC):
         for b in prange(B):
-            _dense_forward_row(out, inp, weight, bias, np.int64(b))
+            _dense_forward_row(out, inp, weight, bias, act, np.int64(b))
     else:
         for b in range(B):
-            _dense_forward_row(out, inp, weight, bias, b)
+            _dense_forward_row(out, inp, weight, bias, act, b)
 
 
 @njit(cache=True)
-def _dbias_block(dbias, dout, k):
-    """dbias[o] = sum over rows of dout[:, o] for the k-th block of output features, rows in order."""
+def _dbias_block(dbias, dout, out, act, k):
+    """For the k-th block of output features: dout (B, OC) = dL/d(out) in, dL/dz out (see
+    _act_grad_row, from the layer's output out (B, OC)), and dbias[o] = its sum over rows, rows in
+    order: the delta's one pass."""
     B, OC = dout.shape
     o0 = k * BIAS_BLOCK
     o1 = min(OC, o0 + BIAS_BLOCK)
     db = dbias[o0:o1]  # views indexed from 0: see _sgd_chunk
-    first = dout[0, o0:o1]
-    for j in range(o1 - o0):
-        db[j] = first[j]
-    for b in range(1, B):
+    for b in range(B):
         row = dout[b, o0:o1]
-        for j in range(o1 - o0):
-            db[j] += row[j]
+        if act != ACT_IDENTITY:
+            _act_grad_row(row, out[b, o0:o1], act)
+        if b == 0:
+            for j in range(o1 - o0):
+                db[j] = row[j]
+        else:
+            for j in range(o1 - o0):
+                db[j] += row[j]
 
 
 @njit(cache=True)
 def _dweight_row(dweight, dout, inp, c):
     """Row c of dweight (C, OC) = inp^T @ dout: the batch rows summed in order."""
     B, OC = dout.shape
+    dw = dweight[c]
     x = inp[0, c]
+    first = dout[0]
     for o in range(OC):
-        dweight[c, o] = x * dout[0, o]
+        dw[o] = x * first[o]
     for b in range(1, B):
         x = inp[b, c]
+        row = dout[b]
         for o in range(OC):
-            dweight[c, o] += x * dout[b, o]
+            dw[o] += x * row[o]
 
 
 @njit(cache=True)
 def _dinp_row(dinp, dout, weight, b):
     """Row b of dinp (B, C) = dout @ weight^T."""
     C, OC = weight.shape
+    d = dout[b]
     for c in range(C):
-        s = dout[b, 0] * weight[c, 0]
+        w = weight[c]
+        s = d[0] * w[0]
         for o in range(1, OC):
-            s += dout[b, o] * weight[c, o]
+            s += d[o] * w[o]
         dinp[b, c] = s
 
 
 @njit(parallel=True, cache=True)
-def dense_backward(dinp, dweight, dbias, dout, inp, weight, use_blas, need_dinp):
-    """Backward of ``dense_forward`` given dout (B, OC) = dL/dout.
+def dense_backward(dinp, dweight, dbias, dout, inp, weight, out, act, use_blas, need_dinp):
+    """Backward of ``dense_forward``, given dout (B, OC) = dL/d(out) for out = act(z) (B, OC).
 
-    dweight (C, OC) = inp^T @ dout, dbias (OC,) = sum over rows of dout, and, when ``need_dinp``,
-    dinp (B, C) = dout @ weight^T (the first layer's input needs no gradient). In the loops the
-    weight gradient is parallel over input features (rows of dweight), the input gradient over
-    batch rows, dbias over blocks of output features: one writer per element, sums in order.
+    dout becomes dL/dz in place (act: the layer's ACT_ code; ACT_IDENTITY leaves it as it is), in
+    the same pass that sums dbias (OC,); then dweight (C, OC) = inp^T @ dout and, when
+    ``need_dinp``, dinp (B, C) = dout @ weight^T (the first layer's input needs no gradient). In
+    the loops the weight gradient is parallel over input features (rows of dweight), the input
+    gradient over batch rows, dbias over blocks of output features: one writer per element, sums
+    in order.
     """
     B, C = inp.shape
     OC = dout.shape[1]
     nblk = (OC + BIAS_BLOCK - 1) // BIAS_BLOCK
     if _parallel(B * OC):
         for k in prange(nblk):
-            _dbias_block(dbias, dout, np.int64(k))
+            _dbias_block(dbias, dout, out, act, np.int64(k))
     else:
         for k in range(nblk):
-            _dbias_block(dbias, dout, k)
+            _dbias_block(dbias, dout, out, act, k)
     if use_blas:
         np.dot(inp.T, dout, dweight)
         if need_dinp:
@@ -243,8 +368,8 @@ def dense_backward(dinp, dweight, dbias, dout, inp, weight, use_blas, need_dinp)
 
 
 @njit(cache=True)
-def _sparse_forward_row(out, data, indices, indptr, index, start, weight, bias, b):
-    """Row b of out (B, OC) = X[index[start + b]] @ weight (C, OC) + bias."""
+def _sparse_forward_row(out, data, indices, indptr, index, start, weight, bias, act, b):
+    """Row b of out (B, OC) = act(X[index[start + b]] @ weight (C, OC) + bias)."""
     OC = weight.shape[1]
     r = index[start + b]
     for o in range(OC):
@@ -254,20 +379,21 @@ def _sparse_forward_row(out, data, indices, indptr, index, start, weight, bias, 
         c = indices[k]
         for o in range(OC):
             out[b, o] += x * weight[c, o]
+    _act_row(out[b], act)
 
 
 @njit(parallel=True, cache=True)
-def sparse_forward(out, data, indices, indptr, index, start, weight, bias):
-    """out (B, OC) = X[index[start:start + B]] @ weight (C, OC) + bias (OC,), X (N, C) in CSR
+def sparse_forward(out, data, indices, indptr, index, start, weight, bias, act):
+    """out (B, OC) = act(X[index[start:start + B]] @ weight (C, OC) + bias (OC,)), X (N, C) in CSR
     (data (nnz,), indices (nnz,), indptr (N + 1,)); parallel over batch rows."""
     B, OC = out.shape
     if _parallel(B * OC):
         for b in prange(B):
-            _sparse_forward_row(out, data, indices, indptr, index, start, weight, bias,
+            _sparse_forward_row(out, data, indices, indptr, index, start, weight, bias, act,
                                 np.int64(b))
     else:
         for b in range(B):
-            _sparse_forward_row(out, data, indices, indptr, index, start, weight, bias, b)
+            _sparse_forward_row(out, data, indices, indptr, index, start, weight, bias, act, b)
 
 
 @njit(cache=True)
@@ -290,100 +416,28 @@ def _sparse_dweight_block(dweight, data, indices, indptr, index, start, dout, k)
 
 
 @njit(parallel=True, cache=True)
-def sparse_backward(dweight, dbias, dout, data, indices, indptr, index, start):
-    """Backward of ``sparse_forward`` (the first layer: no input gradient): dweight (C, OC) =
-    X_batch^T @ dout, dbias (OC,) = sum over rows of dout. Parallel over blocks of output
-    features, so each element has one writer and its sum runs over rows in order."""
+def sparse_backward(dweight, dbias, dout, out, act, data, indices, indptr, index, start):
+    """Backward of ``sparse_forward`` (the first layer: no input gradient), dout (B, OC) =
+    dL/d(out) made dL/dz in place as in dense_backward: dbias (OC,) = its sum over rows, dweight
+    (C, OC) = X_batch^T @ dout. Parallel over blocks of output features, so each element has one
+    writer and its sum runs over rows in order."""
     OC = dout.shape[1]
     nblk = (OC + BIAS_BLOCK - 1) // BIAS_BLOCK
     if _parallel(dweight.shape[0] * OC):
         for k in prange(nblk):
+            _dbias_block(dbias, dout, out, act, np.int64(k))
             _sparse_dweight_block(dweight, data, indices, indptr, index, start, dout,
                                   np.int64(k))
-            _dbias_block(dbias, dout, np.int64(k))
     else:
         for k in range(nblk):
+            _dbias_block(dbias, dout, out, act, k)
             _sparse_dweight_block(dweight, data, indices, indptr, index, start, dout, k)
-            _dbias_block(dbias, dout, k)
-
-
-# --------------------------------------------------------------------------- activations
-
-
-@njit(cache=True)
-def _activation_forward_row(a, act, b):
-    N = a.shape[1]
-    if act == ACT_SIGMOID:
-        for j in range(N):
-            a[b, j] = _sigmoid(a[b, j])
-    elif act == ACT_RELU:
-        for j in range(N):
-            if a[b, j] < 0:  # NaN stays NaN, as in PyTorch
-                a[b, j] = 0
-    elif act == ACT_TANH:
-        for j in range(N):
-            a[b, j] = np.tanh(a[b, j])
-    elif act == ACT_LEAKY_RELU:
-        for j in range(N):
-            if a[b, j] < 0:
-                a[b, j] *= LEAKY_SLOPE
-
-
-@njit(parallel=True, cache=True)
-def activation_forward(a, act):
-    """a (B, N): pre-activation z in, act(z) out, in place."""
-    B, N = a.shape
-    if act == ACT_IDENTITY:
-        return
-    if _parallel(B * N):
-        for b in prange(B):
-            _activation_forward_row(a, act, np.int64(b))
-    else:
-        for b in range(B):
-            _activation_forward_row(a, act, b)
-
-
-@njit(cache=True)
-def _activation_backward_row(dz, a, act, b):
-    N = a.shape[1]
-    if act == ACT_SIGMOID:
-        for j in range(N):
-            dz[b, j] *= a[b, j] * (1 - a[b, j])
-    elif act == ACT_RELU:
-        for j in range(N):
-            if not a[b, j] > 0:
-                dz[b, j] = 0
-    elif act == ACT_TANH:
-        for j in range(N):
-            dz[b, j] *= 1 - a[b, j] * a[b, j]
-    elif act == ACT_LEAKY_RELU:
-        for j in range(N):
-            if not a[b, j] > 0:
-                dz[b, j] *= LEAKY_SLOPE
-
-
-@njit(parallel=True, cache=True)
-def activation_backward(dz, a, act):
-    """dz (B, N): dL/da in, dL/dz out, in place; the derivative is taken from the output a (B, N).
-
-    sigmoid' = a (1 - a), tanh' = 1 - a^2, and relu/leaky_relu test a > 0, which is z > 0,
-    so the backward pass needs no copy of z.
-    """
-    B, N = a.shape
-    if act == ACT_IDENTITY:
-        return
-    if _parallel(B * N):
-        for b in prange(B):
-            _activation_backward_row(dz, a, act, np.int64(b))
-    else:
-        for b in range(B):
-            _activation_backward_row(dz, a, act, b)
 
 
 # --------------------------------------------------------------------------- losses (fused with output)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _loss_row(logits, targets, loss, b):
     """Row b's loss, summed over its outputs, in float64."""
     OC = logits.shape[1]
@@ -392,10 +446,10 @@ def _loss_row(logits, targets, loss, b):
         for o in range(OC):
             z = logits[b, o]
             # max(z, 0) - z y + log(1 + exp(-|z|)): finite for any finite z.
-            s += max(z, 0) - z * targets[b, o] + np.log1p(np.exp(-abs(z)))
+            s += max(z, 0) - z * targets[b, o] + vm.log1p(vm.exp(-abs(z)))
     elif loss == LOSS_CE:
         m, e = _logsumexp_parts(logits, b)
-        s = m + np.log(e) - logits[b, int(targets[b, 0])]
+        s = m + vm.log(e) - logits[b, int(targets[b, 0])]
     elif loss == LOSS_POISSON:
         for o in range(OC):
             s += _poisson_row_term(logits[b, o], targets[b, o])
@@ -428,29 +482,77 @@ def loss_forward(row_loss, logits, targets, loss):
     return total / (B if loss == LOSS_CE else B * OC)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _loss_backward_row(dlogits, logits, targets, loss, b):
     B, OC = logits.shape
     if loss == LOSS_BCE:
         scale = 1.0 / (B * OC)
         for o in range(OC):
-            dlogits[b, o] = (_sigmoid(logits[b, o]) - targets[b, o]) * scale
+            dlogits[b, o] = (vm.sigmoid(logits[b, o]) - targets[b, o]) * scale
     elif loss == LOSS_CE:
-        m, s = _logsumexp_parts(logits, b)
-        label = int(targets[b, 0])
-        for o in range(OC):
-            p = np.exp(logits[b, o] - m) / s
-            if o == label:
-                p -= 1
-            dlogits[b, o] = p / B
+        _shift_by_max(dlogits[b], logits[b])
+        _exp_block(dlogits[b])
+        _ce_delta(dlogits[b], int(targets[b, 0]), B)
     elif loss == LOSS_POISSON:
         scale = 1.0 / (B * OC)
         for o in range(OC):
-            dlogits[b, o] = (np.exp(logits[b, o]) - targets[b, o]) * scale
+            dlogits[b, o] = (vm.exp(logits[b, o]) - targets[b, o]) * scale
     else:
         scale = 2.0 / (B * OC)
         for o in range(OC):
             dlogits[b, o] = (logits[b, o] - targets[b, o]) * scale
+
+
+@njit(cache=True, error_model="numpy")
+def _ce_block(row_loss, logits, targets, b0, b1):
+    """Rows b0..b1-1 of ``loss_forward_backward`` for cross-entropy. Each row's maximum m is taken
+    off (z - m, the argument of exp, as in _shift_by_max) and z[label] - m kept in row_loss;
+    then the exps of the whole block in one vectorised loop (a row of 10 classes is too short for
+    a vector of its own); then per row s = the sum of its exps in float64, in order, the loss
+    log(s) - (z[label] - m) and the delta (softmax - onehot) / B."""
+    B = logits.shape[0]
+    for b in range(b0, b1):
+        _shift_by_max(logits[b], logits[b])
+        row_loss[b] = logits[b, int(targets[b, 0])]
+    _exp_block(logits[b0:b1].reshape(-1))
+    for b in range(b0, b1):
+        s = _ce_delta(logits[b], int(targets[b, 0]), B)
+        row_loss[b] = vm.log(s) - row_loss[b]
+
+
+@njit(cache=True)
+def _loss_delta_rows(row_loss, logits, targets, loss, b0, b1):
+    if loss == LOSS_CE:
+        _ce_block(row_loss, logits, targets, b0, b1)
+        return
+    for b in range(b0, b1):
+        row_loss[b] = _loss_row(logits, targets, loss, b)
+        _loss_backward_row(logits, logits, targets, loss, b)
+
+
+LOSS_BLOCK = 64  # rows per task of loss_forward_backward
+
+
+@njit(parallel=True, cache=True)
+def loss_forward_backward(row_loss, logits, targets, loss):
+    """``loss_forward``'s mean loss, returned, and ``loss_backward``'s dL/dlogits written over
+    logits (B, OC) in the same pass: the softmax's exps computed once, not twice, and in blocks
+    of LOSS_BLOCK rows, vectorised. The same maths as the two kernels; the cross-entropy loss is
+    taken as log(s) - (z[label] - m) rather than m + log(s) - z[label], equal to rounding."""
+    B, OC = logits.shape
+    nblk = (B + LOSS_BLOCK - 1) // LOSS_BLOCK
+    if _parallel(B * OC):
+        for k in prange(nblk):
+            _loss_delta_rows(row_loss, logits, targets, loss, k * LOSS_BLOCK,
+                             min(B, (k + 1) * LOSS_BLOCK))
+    else:
+        for k in range(nblk):
+            _loss_delta_rows(row_loss, logits, targets, loss, k * LOSS_BLOCK,
+                             min(B, (k + 1) * LOSS_BLOCK))
+    total = np.float64(0)
+    for b in range(B):
+        total += row_loss[b]
+    return total / (B if loss == LOSS_CE else B * OC)
 
 
 @njit(parallel=True, cache=True)
@@ -469,19 +571,21 @@ def loss_backward(dlogits, logits, targets, loss):
             _loss_backward_row(dlogits, logits, targets, loss, b)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _output_row(out, logits, loss, b):
     OC = logits.shape[1]
     if loss == LOSS_BCE:
         for o in range(OC):
-            out[b, o] = _sigmoid(logits[b, o])
+            out[b, o] = vm.sigmoid(logits[b, o])
     elif loss == LOSS_CE:
-        m, s = _logsumexp_parts(logits, b)
+        _shift_by_max(out[b], logits[b])
+        _exp_block(out[b])
+        s = _sum64(out[b])
         for o in range(OC):
-            out[b, o] = np.exp(logits[b, o] - m) / s
+            out[b, o] = out[b, o] / s
     elif loss == LOSS_POISSON:
         for o in range(OC):
-            out[b, o] = np.exp(logits[b, o])
+            out[b, o] = vm.exp(logits[b, o])
     else:
         for o in range(OC):
             out[b, o] = logits[b, o]
@@ -503,7 +607,7 @@ def output_forward(out, logits, loss):
             _output_row(out, logits, loss, b)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def count_correct(logits, targets, loss):
     """Rows of logits (B, OC) classified right against targets (B, T), as predict decides:
     cross-entropy, the first largest logit is the label; bce, every output's probability is on
@@ -522,7 +626,7 @@ def count_correct(logits, targets, loss):
         for b in range(B):
             hit = 1.0
             for o in range(OC):
-                if (_sigmoid(logits[b, o]) > 0.5) != (targets[b, o] > 0.5):
+                if (vm.sigmoid(logits[b, o]) > 0.5) != (targets[b, o] > 0.5):
                     hit = 0.0
             hits += hit
     return hits
@@ -703,15 +807,22 @@ def activation_view(act_buf, layout, B, l):
 
 
 @njit(cache=True)
+def out_act(acts, L, l):
+    """Layer l's activation code: acts[l] for the hidden layers, identity for the logits."""
+    return acts[l] if l < L - 1 else ACT_IDENTITY
+
+
+@njit(cache=True)
 def network_forward(act_buf, params, inp, layout, acts, use_blas):
     """Forward pass of inp (B, C_0) through all L layers into act_buf.
 
-    act_buf holds each layer's output A_l (B, OC_l) back to back; the hidden ones are activated and
-    the last holds the logits (the loss applies the output activation).
+    act_buf holds each layer's output A_l (B, OC_l) back to back: the hidden ones activated, the
+    last the logits (the loss applies the output activation).
     """
     B = inp.shape[0]
     W, bias = layer_views(params, layout, 0)
-    dense_forward(activation_view(act_buf, layout, B, 0), inp, W, bias, use_blas[0])
+    dense_forward(activation_view(act_buf, layout, B, 0), inp, W, bias,
+                  out_act(acts, layout.shape[0], 0), use_blas[0])
     forward_rest(act_buf, params, B, layout, acts, use_blas)
 
 
@@ -720,10 +831,9 @@ def forward_rest(act_buf, params, B, layout, acts, use_blas):
     """Layers 1..L-1 of the forward pass, from the first layer's output A_0 in act_buf."""
     L = layout.shape[0]
     for l in range(1, L):
-        a = activation_view(act_buf, layout, B, l - 1)
-        activation_forward(a, acts[l - 1])
         W, bias = layer_views(params, layout, l)
-        dense_forward(activation_view(act_buf, layout, B, l), a, W, bias, use_blas[l])
+        dense_forward(activation_view(act_buf, layout, B, l), activation_view(act_buf, layout, B,
+                      l - 1), W, bias, out_act(acts, L, l), use_blas[l])
 
 
 @njit(cache=True)
@@ -739,13 +849,16 @@ def network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, use_b
     dW, db = layer_views(grads, layout, 0)
     # The network's input needs no gradient: an empty dinp, and need_dinp a runtime False (one
     # compiled dense_backward serves every call: a literal flag would compile a second one).
-    dense_backward(delta_buf[:0].reshape((B, 0)), dW, db, dout, inp, W, use_blas[0], B < 0)
+    dense_backward(delta_buf[:0].reshape((B, 0)), dW, db, dout, inp, W,
+                   activation_view(act_buf, layout, B, 0), out_act(acts, layout.shape[0], 0),
+                   use_blas[0], B < 0)
 
 
 @njit(cache=True)
 def backward_rest(grads, delta_buf, params, act_buf, B, layout, acts, use_blas):
-    """Layers L-1..1 of the backward pass (see network_backward); returns dL/dZ_0 (B, OC_0), the
-    first layer's output delta, for its own backward (dense or sparse)."""
+    """Layers L-1..1 of the backward pass (see network_backward); returns dL/dA_0 (B, OC_0), the
+    gradient at the first layer's output, for that layer's own backward (dense or sparse), which
+    takes it through the activation."""
     L = layout.shape[0]
     dout = activation_view(act_buf, layout, B, L - 1)
     half = delta_buf.shape[0] // 2
@@ -755,9 +868,9 @@ def backward_rest(grads, delta_buf, params, act_buf, B, layout, acts, use_blas):
         C = layout[l, LAY_C]
         s0 = (l % 2) * half
         dinp = delta_buf[s0:s0 + B * C].reshape((B, C))
-        a_prev = activation_view(act_buf, layout, B, l - 1)
-        dense_backward(dinp, dW, db, dout, a_prev, W, use_blas[l], l > 0)
-        activation_backward(dinp, a_prev, acts[l - 1])
+        dense_backward(dinp, dW, db, dout, activation_view(act_buf, layout, B, l - 1), W,
+                       activation_view(act_buf, layout, B, l), out_act(acts, L, l), use_blas[l],
+                       l > 0)
         dout = dinp
     return dout
 
@@ -842,13 +955,13 @@ def _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, lay
     if sparse:
         W0, b0 = layer_views(params, layout, 0)
         sparse_forward(activation_view(act_buf, layout, B, 0), Xs[0], Xs[1], Xs[2], index, start,
-                       W0, b0)
+                       W0, b0, out_act(acts, layout.shape[0], 0))
         forward_rest(act_buf, params, B, layout, acts, use_blas)
     else:
         network_forward(act_buf, params, inp, layout, acts, use_blas)
     logits = activation_view(act_buf, layout, B, layout.shape[0] - 1)
-    value = loss_forward(row_loss[:B], logits, tgt, loss)
     correct[0] += count_correct(logits, tgt, loss)
+    value = loss_forward_backward(row_loss[:B], logits, tgt, loss)  # logits now hold the delta
     if SW.shape[0] > 0:
         # Weighted mean, as scikit-learn: sum_b w_b loss_b / sum_b w_b; each row's delta (which
         # holds 1/B) is scaled by w_b B / sum w.
@@ -858,7 +971,6 @@ def _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, lay
             total += SW[index[start + b]] * row_loss[b]
         value = total / wsum / (1 if loss == LOSS_CE else logits.shape[1])
     if np.isfinite(value):
-        loss_backward(logits, logits, tgt, loss)
         if SW.shape[0] > 0:
             for b in range(B):
                 f = SW[index[start + b]] * B / wsum
@@ -867,7 +979,8 @@ def _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, lay
         if sparse:
             dout = backward_rest(grads, delta_buf, params, act_buf, B, layout, acts, use_blas)
             dW0, db0 = layer_views(grads, layout, 0)
-            sparse_backward(dW0, db0, dout, Xs[0], Xs[1], Xs[2], index, start)
+            sparse_backward(dW0, db0, dout, activation_view(act_buf, layout, B, 0),
+                            out_act(acts, layout.shape[0], 0), Xs[0], Xs[1], Xs[2], index, start)
         else:
             network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, use_blas)
     return value
@@ -875,13 +988,13 @@ def _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, lay
 
 @njit(cache=True, inline="always")
 def _activate(z, act):
-    """act(z) for one element (the scalar twin of _activation_forward_row)."""
+    """act(z) for one element (the scalar twin of _act_row)."""
     if act == ACT_SIGMOID:
-        return _sigmoid(z)
+        return vm.sigmoid(z)
     if act == ACT_RELU:
         return z if not z < 0 else 0 * z
     if act == ACT_TANH:
-        return np.tanh(z)
+        return vm.tanh(z)
     if act == ACT_LEAKY_RELU:
         return z if not z < 0 else z * LEAKY_SLOPE
     return z
@@ -889,7 +1002,7 @@ def _activate(z, act):
 
 @njit(cache=True, inline="always")
 def _activation_grad(a, act):
-    """d act / dz from the output a for one element (as in _activation_backward_row)."""
+    """d act / dz from the output a for one element (as in _act_grad_row)."""
     if act == ACT_SIGMOID:
         return a * (1 - a)
     if act == ACT_RELU:
@@ -948,8 +1061,8 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
             for o in range(OCL):
                 z = act_buf[z0 + o]
                 t = Y[r, o]
-                row_value += max(z, 0) - z * t + np.log1p(np.exp(-abs(z)))
-                p = _sigmoid(z)
+                row_value += max(z, 0) - z * t + vm.log1p(vm.exp(-abs(z)))
+                p = vm.sigmoid(z)
                 delta_buf[d0 + o] = (p - t) / (B * OCL)
                 if (p > 0.5) != (t > 0.5):
                     hit = 0.0
@@ -963,13 +1076,13 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
                     best = o
             se = np.float64(0)
             for o in range(OCL):
-                se += np.exp(act_buf[z0 + o] - m)
+                se += vm.exp(act_buf[z0 + o] - m)
             label = int(Y[r, 0])
             if best == label:
                 correct[0] += 1.0
-            row_value = m + np.log(se) - act_buf[z0 + label]
+            row_value = m + vm.log(se) - act_buf[z0 + label]
             for o in range(OCL):
-                p = np.exp(act_buf[z0 + o] - m) / se
+                p = vm.exp(act_buf[z0 + o] - m) / se
                 if o == label:
                     p -= 1
                 delta_buf[d0 + o] = p / B
@@ -977,7 +1090,7 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
             for o in range(OCL):
                 z = act_buf[z0 + o]
                 row_value += _poisson_row_term(z, Y[r, o])
-                delta_buf[d0 + o] = (np.exp(z) - Y[r, o]) / (B * OCL)
+                delta_buf[d0 + o] = (vm.exp(z) - Y[r, o]) / (B * OCL)
         else:
             for o in range(OCL):
                 d = act_buf[z0 + o] - Y[r, o]
@@ -1051,14 +1164,17 @@ def _with_l2(value, grads, params, layout, SW, index, start, stop, l2):
 
 
 @njit(cache=True)
-def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, lrs, layout, acts,
-                 use_blas, loss, batch_size, opt, hyper, l2,
+def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, rng, lrs, layout,
+                 acts, use_blas, loss, batch_size, opt, hyper, l2,
                  inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct, backup):
     """Minibatch training for E = epoch_loss.shape[0] epochs, all inside compiled code.
 
     X (M, C_0), Xs, Y (M, T), SW (M,) or (0,) as for ``batch_gradients``; order (E or 1, N) holds each
     epoch's sample order (one row reused when there is no shuffling; N < M when the caller splits
-    an epoch over calls); lrs (E,) each epoch's learning rate. params, state (see
+    an epoch over calls), or, when rng (2 * _pcg.N_WORDS,) holds a generator's state words
+    (``_pcg.words``) then room for a copy, one row into which each epoch's order is drawn here,
+    ``rng.permutation(N)`` as NumPy draws it (rng is (0,) otherwise); lrs (E,) each epoch's
+    learning rate. params, state (see
     ``optimizer_update``), grads (P,) and step (1,), the count of updates so far, change in place;
     epoch_loss (E, 2) gets each epoch's sum of batch losses times batch lengths, and its count of
     correctly classified rows (before each batch's update), added to the values it holds on entry
@@ -1067,7 +1183,7 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, lr
     backup (an epoch split over calls): then a diverging epoch is not restored here.
 
     Returns the number of epochs completed. Fewer than E means the loss or a parameter went
-    non-finite in the next epoch; params, state and step are then restored to their values at
+    non-finite in the next epoch; params, state, step and rng are then restored to their values at
     that epoch's start.
     """
     N = order.shape[1]
@@ -1075,11 +1191,16 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, lr
     correct[0] = 0
     fused = not use_blas.any() and Xs[2].shape[0] == 0
     weighted = SW.shape[0] > 0
+    shuffled = rng.shape[0] > 0
+    W = _pcg.N_WORDS
     t = step[0]
     for e in range(E):
         if backup.shape[0] > 0:
             save_state(backup, params, state)
         t0 = t
+        if shuffled:
+            copy(rng[W:], rng[:W])  # the epoch's start
+            _pcg.permutation(rng[:W], order[0])
         index = order[e % order.shape[0]]
         total = epoch_loss[e, 0]  # a running sum carried in: an epoch split over calls adds alike
         correct[0] = epoch_loss[e, 1]
@@ -1111,6 +1232,8 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, lr
         if not ok:
             if backup.shape[0] > 0:
                 restore_state(params, state, backup)
+            if shuffled:
+                copy(rng[:W], rng[W:])
             step[0] = t0
             return e
         epoch_loss[e, 0] = total
@@ -1139,7 +1262,7 @@ def evaluate(out, row_loss, params, X, Xs, index, Y, layout, acts, use_blas, los
         if sparse:
             W0, b0 = layer_views(params, layout, 0)
             sparse_forward(activation_view(act_buf, layout, B, 0), Xs[0], Xs[1], Xs[2], index,
-                           start, W0, b0)
+                           start, W0, b0, out_act(acts, L, 0))
             forward_rest(act_buf, params, B, layout, acts, use_blas)
         else:
             inp = inp_buf[:B * C0].reshape((B, C0))

@@ -1,9 +1,13 @@
 """``python -m fastbp.bench``: one run, one table, every peer side by side.
 
-Trains the workloads W1, W2, W3 (``fastbp.workloads``) with fastbp, the plain NumPy reference
-(``fastbp.reference``), and, when they are importable, PyTorch (``torch.nn.Linear`` +
-``torch.optim.SGD``) and scikit-learn (``MLPClassifier``/``MLPRegressor``, ``solver="sgd"``), one
-after another in this process, each after a warm-up, and reports the median of the repeats. The
+Trains the workloads W1, W2, W3 (``fastbp.workloads``) with fastbp, the lean NumPy loop
+(``fastbp.baseline``: preallocated buffers, ufuncs with ``out=``), and, when they are importable,
+PyTorch (``torch.nn.Linear`` + ``torch.optim.SGD``), JAX (the whole epoch in one ``jax.jit`` as a
+``lax.scan`` over the minibatches; a full-batch run such as W1 as one ``lax.fori_loop``) and
+scikit-learn (``MLPClassifier``/``MLPRegressor``, ``solver="sgd"``), one after another in this
+process, each after a warm-up, and reports the median of the repeats. ``--grid`` does the same over
+the ~30 points of ``workloads.GRID`` and prints fastbp's ratio to the fastest peer at each point
+and the geometric mean. The
 machine's float32 (and float64) matmul rate, NumPy ``a @ b`` at 4096 x 4096, is measured in the same
 run, as is the environment (CPU, threads, BLAS kernel, versions).
 
@@ -23,10 +27,11 @@ import warnings
 
 import numpy as np
 
-from . import Network, reference
+from . import Network
 from . import workloads as wl
+from .baseline import LeanMLP
 
-IMPLS = ("fastbp", "numpy", "torch", "sklearn")
+IMPLS = ("fastbp", "numpy", "torch", "jax", "sklearn")
 
 
 # ----------------------------------------------------------------- the trainers
@@ -45,8 +50,72 @@ class FastbpTrainer:
 class NumpyTrainer(FastbpTrainer):
     def __init__(self, w, dtype, X, y):
         self.w, self.X, self.y = w, X, y
-        self.net = reference.MLP(w.sizes, activation=w.activation, loss=w.loss, seed=0,
-                                 dtype=dtype)
+        self.net = LeanMLP(w.sizes, activation=w.activation, loss=w.loss, seed=0, dtype=dtype)
+
+
+class JaxTrainer:
+    """The epoch as one jitted ``lax.scan`` over the full minibatches (a shorter last batch is one
+    more jitted step); a one-batch data set runs all its epochs in one ``lax.fori_loop``."""
+
+    def __init__(self, w, dtype, X, y):
+        import jax
+        jax.config.update("jax_enable_x64", True)  # float64 points stay float64
+        import jax.numpy as jnp
+        from jax import lax
+        self.jax, self.w = jax, w
+        net = Network(w.sizes, activation=w.activation, loss=w.loss, seed=0, dtype=dtype)
+        self.params = [(jnp.asarray(W), jnp.asarray(b)) for W, b in zip(net.weights, net.biases)]
+        act = {"relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh}[w.activation]
+        lr = np.dtype(dtype).type(w.lr)
+
+        def loss_fn(params, xb, yb):
+            h = xb
+            for i, (W, b) in enumerate(params):
+                h = h @ W + b
+                if i < len(params) - 1:
+                    h = act(h)
+            if w.loss == "cross_entropy":
+                logp = jax.nn.log_softmax(h)
+                return -jnp.mean(jnp.take_along_axis(logp, yb[:, None], axis=1))
+            if w.loss == "bce":
+                return jnp.mean(jnp.maximum(h, 0) - h * yb + jnp.log1p(jnp.exp(-jnp.abs(h))))
+            return jnp.mean((h - yb) ** 2)
+
+        def step(params, xb, yb):
+            g = jax.grad(loss_fn)(params, xb, yb)
+            return jax.tree_util.tree_map(lambda p, d: p - lr * d, params, g)
+
+        n, B = len(X), w.batch
+        full = n // B * B
+        Xj = jnp.asarray(X, dtype=dtype)
+        if w.loss == "cross_entropy":
+            Yj = jnp.asarray(np.asarray(y, dtype=np.int32))
+        else:
+            Yj = jnp.asarray(np.asarray(y, dtype=dtype).reshape(n, -1))
+        self.Xs = Xj[:full].reshape((full // B, B) + Xj.shape[1:])
+        self.Ys = Yj[:full].reshape((full // B, B) + Yj.shape[1:])
+        self.Xr, self.Yr = (Xj[full:], Yj[full:]) if full < n else (None, None)
+
+        @jax.jit
+        def epoch(params, Xs, Ys):
+            return lax.scan(lambda p, xy: (step(p, *xy), None), params, (Xs, Ys))[0]
+
+        @jax.jit
+        def run_full_batch(params, epochs, xb, yb):
+            return lax.fori_loop(0, epochs, lambda _, p: step(p, xb, yb), params)
+
+        self.epoch, self.step, self.run_full_batch = epoch, jax.jit(step), run_full_batch
+
+    def run(self, epochs):
+        p = self.params
+        if self.Xs.shape[0] == 1 and self.Xr is None:
+            p = self.run_full_batch(p, epochs, self.Xs[0], self.Ys[0])
+        else:
+            for _ in range(epochs):
+                p = self.epoch(p, self.Xs, self.Ys)
+                if self.Xr is not None:
+                    p = self.step(p, self.Xr, self.Yr)
+        self.params = self.jax.block_until_ready(p)
 
 
 class TorchTrainer:
@@ -99,11 +168,11 @@ class SklearnTrainer:
 
 
 TRAINERS = {"fastbp": FastbpTrainer, "numpy": NumpyTrainer, "torch": TorchTrainer,
-            "sklearn": SklearnTrainer}
+            "jax": JaxTrainer, "sklearn": SklearnTrainer}
 
 
 def available(impl):
-    module = {"torch": "torch", "sklearn": "sklearn"}.get(impl)
+    module = {"torch": "torch", "sklearn": "sklearn", "jax": "jax"}.get(impl)
     if module is None:
         return True
     try:
@@ -300,7 +369,7 @@ def environment():
         pass
     versions = {"python": platform.python_version(), "numpy": np.__version__,
                 "numba": numba.__version__, "scipy": scipy.__version__}
-    for mod in ("torch", "sklearn", "threadpoolctl"):
+    for mod in ("torch", "jax", "sklearn", "threadpoolctl"):
         try:
             versions[mod] = __import__(mod).__version__
         except ImportError:
@@ -322,6 +391,73 @@ def environment():
     except ImportError:
         pass
     return info
+
+
+# ----------------------------------------------------------------- the grid
+
+
+def epoch_time(trainer, repeats, min_call=0.05):
+    """Seconds per epoch: after a warm-up epoch, one timed epoch sizes each timed call to at least
+    ``min_call`` seconds; the median of ``repeats`` calls."""
+    trainer.run(1)
+    t0 = time.perf_counter()
+    trainer.run(1)
+    one = time.perf_counter() - t0
+    epochs = int(min(1000, max(1, np.ceil(min_call / max(one, 1e-9)))))
+    t, _ = median_time(lambda: trainer.run(epochs), repeats)
+    return t / epochs
+
+
+def run_grid(impls, quick, progress, names=None):
+    """Every implementation at every grid point; per point the seconds per epoch of each, the
+    fastest peer, and fastbp's ratio to it (peer time / fastbp time)."""
+    names = names or list(wl.GRID)
+    report = dict(environment=environment(), matmul_gflops={}, grid=[])
+    for dt in dict.fromkeys(wl.GRID[n][1] for n in names):
+        report["matmul_gflops"][dt] = matmul_gflops(np.dtype(dt), repeats=3 if quick else 5)
+    for k, name in enumerate(names, 1):
+        w, dt = wl.GRID[name]
+        X, y = wl.data(name, np.dtype(dt))
+        row = dict(point=name, what=w.what, sizes=w.sizes, batch=w.batch, dtype=dt,
+                   samples=len(X), seconds_per_epoch={})
+        for impl in impls:
+            if progress:
+                print(f"\r[{k}/{len(names)}] {name} {impl}          ", end="", file=sys.stderr,
+                      flush=True)
+            trainer = TRAINERS[impl](w, np.dtype(dt), X, y)
+            row["seconds_per_epoch"][impl] = epoch_time(trainer, 3 if quick else 5)
+        t = row["seconds_per_epoch"]
+        peers = {i: s for i, s in t.items() if i != "fastbp"}
+        row["fastest_peer"] = min(peers, key=peers.get)
+        row["ratio"] = peers[row["fastest_peer"]] / t["fastbp"]
+        flops = 6 * sum(a * b for a, b in zip(w.sizes[:-1], w.sizes[1:])) * len(X)
+        row["pct_matmul"] = {i: 100 * flops / s / 1e9 / report["matmul_gflops"][dt]
+                             for i, s in t.items()}
+        report["grid"].append(row)
+    if progress:
+        print("\r" + " " * 50 + "\r", end="", file=sys.stderr, flush=True)
+    ratios = [r["ratio"] for r in report["grid"]]
+    report["geomean"] = float(np.exp(np.mean(np.log(ratios))))
+    return report
+
+
+def print_grid(report, out=sys.stdout):
+    _print_header(report, out)
+    rows = report["grid"]
+    impls = list(rows[0]["seconds_per_epoch"])
+    print("\nGrid: ms per epoch (median); ratio = the fastest peer's time / fastbp's (> 1: fastbp "
+          "faster); % = fastbp's share of the matmul rate", file=out)
+    print(f"  {'point':5s} {'network':34s} " + " ".join(f"{i:>8s}" for i in impls)
+          + f" {'fastest':>8s} {'ratio':>6s} {'%':>5s}", file=out)
+    for r in rows:
+        net = f"{r['what'].split(': ', 1)[1]}"
+        print(f"  {r['point']:5s} {net:34s} "
+              + " ".join(f"{r['seconds_per_epoch'][i] * 1e3:8.3f}" for i in impls)
+              + f" {r['fastest_peer']:>8s} {r['ratio']:6.2f} {r['pct_matmul']['fastbp']:5.1f}",
+              file=out)
+    print(f"\n  geometric mean of the ratios: {report['geomean']:.3f} over {len(rows)} points; "
+          f"lowest {min(r['ratio'] for r in rows):.2f} ({min(rows, key=lambda r: r['ratio'])['point']})",
+          file=out)
 
 
 # ----------------------------------------------------------------- MPI scaling
@@ -407,10 +543,10 @@ def _fmt_time(s):
     return f"{s * 1e6:.2f} us" if s < 1e-3 else f"{s * 1e3:.2f} ms" if s < 1 else f"{s:.3f} s"
 
 
-def print_report(report, out=sys.stdout):
+def _print_header(report, out):
     env = report["environment"]
-    print(f"fastbp.bench  {'(quick) ' if report['quick'] else ''}{time.strftime('%Y-%m-%d %H:%M')}",
-          file=out)
+    print(f"fastbp.bench  {'(quick) ' if report.get('quick') else ''}"
+          f"{time.strftime('%Y-%m-%d %H:%M')}", file=out)
     print(f"CPU {env['cpu']} (family {env['cpu_family']}, model {env['cpu_model']}, "
           f"AVX-512 {env['avx512']}), {env['cores']} cores", file=out)
     print(f"Numba {env['versions']['numba']}: {env['numba_threads']} threads, "
@@ -422,6 +558,10 @@ def print_report(report, out=sys.stdout):
     print("versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), file=out)
     for dt, rate in report["matmul_gflops"].items():
         print(f"matmul rate ({dt}, NumPy 4096^3, all cores): {rate:.1f} GFLOP/s", file=out)
+
+
+def print_report(report, out=sys.stdout):
+    _print_header(report, out)
     rows = report["results"]
     for name in dict.fromkeys(r["workload"] for r in rows):
         w = wl.WORKLOADS[name]
@@ -439,7 +579,7 @@ def print_report(report, out=sys.stdout):
                       f"{r['samples_per_s']:12,.0f} {r['gflops']:8.2f} {r['pct_matmul']:7.1f}% "
                       f"{r['speedup_vs_numpy']:8.2f}x {rss:>10s} {r['first_call_s']:8.2f}s",
                       file=out)
-    print("\nvs numpy: NumPy-reference time / this time (higher is faster). GFLOP/s: 6 x weights x "
+    print("\nvs numpy: lean NumPy (fastbp.baseline) time / this time (higher is faster). GFLOP/s: 6 x weights x "
           "samples / time. RSS MiB: peak / growth over the process after imports and data (W3, in a "
           "fresh process). 1st call: model build + warm-up epoch (fastbp: Numba compile or cache "
           "load).", file=out)
@@ -487,6 +627,10 @@ def main(argv=None):
     p.add_argument("--no-rss", action="store_true", help="skip the W3 peak-RSS child processes")
     p.add_argument("--mpi", action="store_true",
                    help="W3 data-parallel over MPI with 1 and 2 ranks, plus the N-machine arithmetic")
+    p.add_argument("--grid", action="store_true",
+                   help="every implementation over the ~30 points of workloads.GRID: fastbp's "
+                        "ratio to the fastest peer at each, and the geometric mean")
+    p.add_argument("--point", action="append", help="with --grid: only this point (repeatable)")
     p.add_argument("--digits", action="store_true",
                    help="fastbp.sklearn.MLPClassifier vs scikit-learn's on load_digits")
     p.add_argument("--memmap", type=float, metavar="GIB",
@@ -540,6 +684,14 @@ def main(argv=None):
         except ImportError:
             pass
     impls = [i for i in (args.impl or IMPLS) if available(i)]
+    if args.grid:
+        impls = ["fastbp"] + [i for i in impls if i != "fastbp"]
+        report = run_grid(impls, args.quick, progress=not args.json, names=args.point)
+        print_grid(report)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=1)
+        return None
     if "numpy" not in impls:
         impls.insert(0, "numpy")  # every ratio is against it
     dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]

@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from . import _kernels as K
+from . import _pcg
 from . import _threads
 from . import _validate as check
 
@@ -83,6 +84,8 @@ class Engine:
         self._backup_size = net.n_params + state.optimizer.state.size
         self.backup = self.epoch_backup = None
         self.no_backup = np.empty(0, net.dtype)
+        self.no_rng = np.empty(0, np.uint64)
+        self.rng_words = np.empty(2 * _pcg.N_WORDS, np.uint64)
         self._step = np.zeros(1, np.int64)  # the step count, in and out of the compiled loop
         self.l2 = np.array(l2, dtype=np.float64)
         self.hyper = state.optimizer.hyper(net.dtype)
@@ -116,21 +119,29 @@ class Engine:
 
     # ---------------------------------------------------------------- the fast path
 
-    def run_epochs(self, lrs, order):
+    def run_epochs(self, lrs, order, rng=None):
         """Train len(lrs) epochs in one compiled call over the data in memory; order (E or 1, N)
-        the epochs' sample orders. Returns the losses and training accuracies (before each
+        the epochs' sample orders, or, with rng (the network's shuffling Generator), one row that
+        each epoch's order is drawn into in compiled code (``_pcg``; rng ends where drawing them
+        in Python would leave it). Returns the losses and training accuracies (before each
         batch's update) of the epochs completed (fewer than asked: the next one diverged and was
-        undone)."""
+        undone, rng included)."""
         d, opt = self.data, self.state.optimizer
         if self.backup is None:
             self.backup = np.empty(self._backup_size, self.net.dtype)
         losses = np.zeros((len(lrs), 2))
         step = self._step
         step[0] = opt.step
+        words = self.no_rng
+        if rng is not None:
+            words = self.rng_words
+            words[:_pcg.N_WORDS] = _pcg.words(rng)
         done = K.train_epochs(self.net._params, opt.state, step, self.grads, losses, d.X, d.Xs,
-                              d.Y, d.SW, order, lrs, self.net._layout, self.net._acts, self.use_blas,
-                              self.net._loss.code, d.batch, opt.code, self.hyper, self.l2,
-                              *self.ws, self.backup)
+                              d.Y, d.SW, order, words, lrs, self.net._layout, self.net._acts,
+                              self.use_blas, self.net._loss.code, d.batch, opt.code, self.hyper,
+                              self.l2, *self.ws, self.backup)
+        if rng is not None:
+            _pcg.set_words(rng, words[:_pcg.N_WORDS])
         opt.step = int(step[0])
         sums = losses[:done] / d.n
         return sums[:, 0], sums[:, 1]
@@ -186,7 +197,8 @@ class Engine:
         d, opt = self.data, self.state.optimizer
         step = np.array([opt.step], dtype=np.int64)
         done = K.train_epochs(self.net._params, opt.state, step, self.grads, total, X, Xs, Y, SW,
-                              np.ascontiguousarray(index)[None, :], lrs, self.net._layout,
+                              np.ascontiguousarray(index)[None, :], self.no_rng, lrs,
+                              self.net._layout,
                               self.net._acts, self.use_blas, self.net._loss.code, d.batch,
                               opt.code, self.hyper, self.l2, *self.ws, self.no_backup)
         opt.step = int(step[0])

@@ -208,12 +208,16 @@ class _Run:
         self.lead = reducer is None or reducer.rank == 0  # who prints and writes checkpoints
         self.per_epoch = cfg.per_epoch or data.streamed  # something acts after every epoch
         self.history = History(first_epoch=st.epoch + 1)
+        self._row = None
 
     def epochs(self, interrupted):
         cfg, st, data, hist = self.cfg, self.st, self.data, self.history
         bar = _progress_bar(cfg.epochs) if cfg.progress and self.lead else None
         work = epoch_work(data.n, data.batch, self.net.n_params)
-        order_cap = max(1, ORDER_BUDGET // data.n) if st.shuffle else cfg.epochs
+        # shuffled orders are drawn in the compiled loop, except orders the caller supplies
+        # (scikit-learn's), which are drawn here ahead of each call, so calls are capped
+        drawn_here = st.shuffle and data.orders is not None
+        order_cap = max(1, ORDER_BUDGET // data.n) if drawn_here else cfg.epochs
         per_call = max(1, min(cfg.epochs, WORK_PER_CALL // work, order_cap))
         # epochs of several batches, longer than a compiled call, go through the engine in
         # pieces of batches (the same arithmetic, cut where Ctrl-C can be seen); a one-batch
@@ -233,7 +237,11 @@ class _Run:
                         [done_epoch[0]], [done_epoch[1]], [lr])
                 else:
                     lrs = st.lrs(count, data.n, self.net.dtype)
-                    losses, accs = self.engine.run_epochs(lrs, self._orders(count))
+                    if st.shuffle and not drawn_here:
+                        losses, accs = self.engine.run_epochs(lrs, self._order_row(),
+                                                              self.net._shuffle_rng)
+                    else:
+                        losses, accs = self.engine.run_epochs(lrs, self._orders(count))
                     lrs = lrs[:len(losses)]
                 seconds = time.perf_counter() - t0
                 if not pieces:
@@ -260,6 +268,12 @@ class _Run:
         if cfg.checkpoint and self.lead:
             _state.save(self.net, cfg.checkpoint)
         return hist
+
+    def _order_row(self):
+        """The (1, n) row the compiled loop draws each shuffled epoch's order into."""
+        if self._row is None:
+            self._row = np.empty((1, self.data.n), np.int64)
+        return self._row
 
     def _orders(self, count):
         """The next count epochs' sample orders, (count, n); one row reused without shuffling."""

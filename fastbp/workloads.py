@@ -19,9 +19,61 @@ WORKLOADS = {
 }
 
 
+def _grid():
+    """About 30 points beyond W1-W3 (WORKLOADS.md, "Beyond W1-W3"): activations sigmoid, tanh and
+    relu; widths 32 to 4096; depths (hidden layers) 1 to 8; batches 32 to 4096; float32 and
+    float64. Each is width -> depth hidden layers of that width -> 10 classes, cross-entropy,
+    lr 0.01, and enough rows for a few batches (``grid_samples``). The two held-out networks of
+    issue 12 are G01 (one wide sigmoid layer, float32, large batch) and G02 (a deep narrow tanh
+    stack, float64, small batch)."""
+    points = [  # (activation, width, depth, batch, dtype)
+        ("sigmoid", 1024, 1, 2048, "float32"), ("tanh", 64, 8, 32, "float64"),
+        ("sigmoid", 32, 1, 32, "float32"), ("tanh", 32, 2, 64, "float64"),
+        ("relu", 32, 4, 256, "float32"), ("sigmoid", 64, 2, 128, "float64"),
+        ("relu", 64, 1, 64, "float32"), ("tanh", 64, 4, 1024, "float32"),
+        ("relu", 128, 2, 32, "float64"), ("sigmoid", 128, 1, 512, "float32"),
+        ("tanh", 128, 8, 128, "float32"), ("relu", 128, 4, 4096, "float64"),
+        ("sigmoid", 256, 2, 64, "float32"), ("tanh", 256, 1, 256, "float64"),
+        ("relu", 256, 8, 1024, "float32"), ("sigmoid", 256, 4, 4096, "float32"),
+        ("tanh", 512, 2, 32, "float32"), ("relu", 512, 1, 128, "float64"),
+        ("sigmoid", 512, 4, 512, "float64"), ("tanh", 512, 2, 2048, "float32"),
+        ("relu", 1024, 1, 64, "float32"), ("tanh", 1024, 2, 256, "float32"),
+        ("sigmoid", 1024, 4, 1024, "float64"), ("relu", 2048, 1, 32, "float32"),
+        ("sigmoid", 2048, 2, 512, "float32"), ("tanh", 2048, 1, 2048, "float64"),
+        ("relu", 4096, 1, 128, "float32"), ("tanh", 4096, 1, 1024, "float32"),
+        ("sigmoid", 4096, 1, 4096, "float32"), ("relu", 64, 8, 4096, "float32"),
+    ]
+    grid = {}
+    for k, (act, width, depth, batch, dtype) in enumerate(points, 1):
+        name = f"G{k:02d}"
+        sizes = (width,) * (depth + 1) + (10,)
+        grid[name] = (Workload(name, f"grid: {act} {width}x{depth}, batch {batch}, {dtype}",
+                               sizes, act, "cross_entropy", 0, batch, 0.01), dtype)
+    return grid
+
+
+# name -> (Workload, dtype); samples is 0: grid_samples picks them
+GRID = _grid()
+
+
+def get(name):
+    """The workload called ``name``: W1-W3 or a grid point G01..."""
+    return WORKLOADS[name] if name in WORKLOADS else GRID[name][0]
+
+
+def grid_samples(name, flops_per_epoch=2e9):
+    """Rows for a grid point: whole batches, about ``flops_per_epoch`` training FLOPs (so every
+    point takes milliseconds, not minutes, per epoch), between 1 and 64 batches."""
+    w = get(name)
+    per_batch = 6 * _weights(w.sizes) * w.batch
+    return w.batch * int(min(64, max(1, flops_per_epoch // per_batch)))
+
+
 def data(name, dtype=np.float32, samples=None):
     """(X, y) for workload ``name``; ``samples`` takes only the first rows (quick runs)."""
-    w = WORKLOADS[name]
+    w = get(name)
+    if name in GRID:
+        w = w._replace(samples=grid_samples(name))
     n = w.samples if samples is None else min(samples, w.samples)
     if name == "W1":
         X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=dtype)
@@ -35,9 +87,12 @@ def data(name, dtype=np.float32, samples=None):
     return X, y
 
 
-def n_weights(name):
-    sizes = WORKLOADS[name].sizes
+def _weights(sizes):
     return sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def n_weights(name):
+    return _weights(get(name).sizes)
 
 
 def training_flops(name, samples):

@@ -53,7 +53,7 @@ def test_dense_forward_matches_reference(dtype, use_blas, size):
     B, C, OC = SHAPES[size]
     inp, W, b = rand((B, C), dtype, 1), rand((C, OC), dtype, 2), rand(OC, dtype, 3)
     out = np.empty((B, OC), dtype)
-    K.dense_forward(out, inp, W, b, use_blas)
+    K.dense_forward(out, inp, W, b, K.ACT_IDENTITY, use_blas)
     expected = inp.astype(np.float64) @ W.astype(np.float64) + b
     assert out.dtype == dtype
     assert rel_err(out, expected) < TOL[dtype]
@@ -66,7 +66,7 @@ def test_dense_backward_matches_reference(dtype, use_blas, size):
     B, C, OC = SHAPES[size]
     inp, W, dout = rand((B, C), dtype, 1), rand((C, OC), dtype, 2), rand((B, OC), dtype, 4)
     dinp, dW, db = np.empty((B, C), dtype), np.empty((C, OC), dtype), np.empty(OC, dtype)
-    K.dense_backward(dinp, dW, db, dout, inp, W, use_blas, True)
+    K.dense_backward(dinp, dW, db, dout, inp, W, dout, K.ACT_IDENTITY, use_blas, True)
     i64, W64, d64 = (a.astype(np.float64) for a in (inp, W, dout))
     assert rel_err(dW, i64.T @ d64) < TOL[dtype]
     assert rel_err(db, d64.sum(axis=0)) < TOL[dtype]
@@ -76,24 +76,57 @@ def test_dense_backward_matches_reference(dtype, use_blas, size):
 def test_dense_backward_skips_input_gradient_when_not_needed():
     inp, W, dout = rand((B, C), np.float64, 1), rand((C, OC), np.float64, 2), rand((B, OC), np.float64, 4)
     dinp = np.full((B, C), 7.0)
-    K.dense_backward(dinp, np.empty((C, OC)), np.empty(OC), dout, inp, W, False, False)
+    K.dense_backward(dinp, np.empty((C, OC)), np.empty(OC), dout, inp, W, dout, K.ACT_IDENTITY,
+                     False, False)
     assert (dinp == 7.0).all()
 
 
+@pytest.mark.parametrize("act", ["identity"] + list(ACTIVATIONS))
 @pytest.mark.parametrize("use_blas", [False, True])
-def test_dense_backward_matches_finite_differences(use_blas):
+def test_dense_backward_matches_finite_differences(use_blas, act):
+    code = K.ACT_IDENTITY if act == "identity" else ACT_TABLE[act].code
     inp, W, b = rand((B, C), np.float64, 1), rand((C, OC), np.float64, 2), rand(OC, np.float64, 3)
     R = rand((B, OC), np.float64, 5)  # f = sum(R * out), so dL/dout = R
     out = np.empty((B, OC))
 
     def f():
-        K.dense_forward(out, inp, W, b, use_blas)
+        K.dense_forward(out, inp, W, b, code, use_blas)
         return float((R * out).sum())
 
+    f()
     dinp, dW, db = np.empty((B, C)), np.empty((C, OC)), np.empty(OC)
-    K.dense_backward(dinp, dW, db, R, inp, W, use_blas, True)
+    dout = R.copy()
+    K.dense_backward(dinp, dW, db, dout, inp, W, out, code, use_blas, True)
     for analytic, x in ((dW, W), (db, b), (dinp, inp)):
         assert rel_err(analytic, central_difference(f, x)) < 1e-6
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("use_blas", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_dense_with_activation_matches_reference(act, dtype, use_blas, size):
+    """The fused passes: bias + activation after the gemm, and the activation's derivative taken
+    in the pass that sums dbias, against the unfused NumPy maths."""
+    B, C, OC = SHAPES[size]
+    code = ACT_TABLE[act].code
+    inp, W, b = rand((B, C), dtype, 1), rand((C, OC), dtype, 2) * 3, rand(OC, dtype, 3)
+    out, z = np.empty((B, OC), dtype), np.empty((B, OC), dtype)
+    K.dense_forward(out, inp, W, b, code, use_blas)
+    K.dense_forward(z, inp, W, b, K.ACT_IDENTITY, use_blas)  # the same gemm, not activated
+    z = z.astype(np.float64)
+    assert rel_err(out, ref.activate(act, z)) < TOL[dtype]
+    da = rand((B, OC), dtype, 4)
+    dz = da.astype(np.float64) * ref.activation_grad(act, z)
+    dinp, dW, db = np.empty((B, C), dtype), np.empty((C, OC), dtype), np.empty(OC, dtype)
+    dout = da.copy()
+    K.dense_backward(dinp, dW, db, dout, inp, W, out, code, use_blas, True)
+    # float32: the derivative comes from the rounded output, as in test_activation_backward
+    tol = TOL[dtype] if dtype == np.float64 else 2e-5
+    assert rel_err(dout, dz) < tol
+    assert rel_err(db, dz.sum(axis=0)) < tol
+    assert rel_err(dW, inp.astype(np.float64).T @ dz) < tol
+    assert rel_err(dinp, dz @ W.astype(np.float64).T) < tol
 
 
 # ----------------------------------------------------------------- activations
@@ -199,6 +232,29 @@ def test_loss_backward_matches_finite_differences(loss):
     K.loss_backward(dlogits, logits, Y, code)
     fd = central_difference(lambda: K.loss_forward(np.empty(B), logits, Y, code), logits)
     assert rel_err(dlogits, fd) < 1e-6
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("loss", LOSSES)
+def test_loss_forward_backward_is_the_two_kernels_in_one_pass(loss, dtype, size):
+    """The training loop's fused loss: the same mean loss as loss_forward (to rounding: the
+    cross-entropy is summed as log(s) - (z[label] - m)) and the same delta as loss_backward, bit
+    for bit, written over the logits."""
+    B = LOSS_ROWS[size]
+    n_out = out_width(loss)
+    _, y = make_data(loss, B, 1, n_out, seed=8, dtype=dtype)
+    logits = rand((B, n_out), dtype, 9) * 20  # wide: rows with tiny probabilities too
+    Y, code = kernel_targets(loss, y, dtype), LOSS_TABLE[loss].code
+    expected = K.loss_forward(np.empty(B), logits, Y, code)
+    delta = np.empty_like(logits)
+    K.loss_backward(delta, logits, Y, code)
+    fused = logits.copy()
+    value = K.loss_forward_backward(np.empty(B), fused, Y, code)
+    np.testing.assert_array_equal(fused, delta)
+    assert abs(value - expected) <= 4 * np.finfo(dtype).eps * max(1.0, abs(expected))
+    assert abs(value - ref.loss_value(loss, logits.astype(np.float64), y)) < TOL[dtype] * max(
+        1.0, abs(expected))
 
 
 def test_loss_backward_may_overwrite_logits():

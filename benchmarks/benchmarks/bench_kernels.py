@@ -60,14 +60,14 @@ class Kernels:
         if impl == "numpy":
             self.inp @ self.W + self.b
         else:
-            K.dense_forward(self.out, self.inp, self.W, self.b, self.use_blas)
+            K.dense_forward(self.out, self.inp, self.W, self.b, K.ACT_IDENTITY, self.use_blas)
 
     def time_dense_backward(self, impl, workload):
         if impl == "numpy":
             self.inp.T @ self.dout, self.dout.sum(axis=0), self.dout @ self.W.T
         else:
-            K.dense_backward(self.dinp, self.dW, self.db, self.dout, self.inp, self.W,
-                             self.use_blas, True)
+            K.dense_backward(self.dinp, self.dW, self.db, self.dout, self.inp, self.W, self.dout,
+                             K.ACT_IDENTITY, self.use_blas, True)
 
     def time_loss_output_delta(self, impl, workload):
         if impl == "numpy":

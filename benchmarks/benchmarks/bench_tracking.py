@@ -1,7 +1,9 @@
 """Tracked values robust to machine noise: the fastbp/NumPy speedup measured side by side in one
-process, and the final training loss of both (a faster kernel that computes something else shows
-as a changed loss)."""
-from fastbp.bench import median_time
+process (against the lean NumPy loop, fastbp.baseline), fastbp's geometric-mean ratio to the
+fastest installed peer over the shape grid, and the final training loss of both (a faster kernel
+that computes something else shows as a changed loss)."""
+from fastbp.bench import IMPLS as PEERS
+from fastbp.bench import available, median_time, run_grid
 
 from .common import IMPLS, Trainer, final_loss
 
@@ -41,3 +43,17 @@ class FinalLoss:
 
     def track_final_loss(self, impl, workload):
         return final_loss(self.t.fit(epochs=self.epochs))
+
+
+class Grid:
+    """fastbp's ratio to the fastest installed peer (lean NumPy, PyTorch, JAX, scikit-learn) at
+    each point of fastbp.workloads.GRID, side by side in one process, as their geometric mean:
+    ``python -m fastbp.bench --grid --quick`` in one number."""
+    unit = "x (fastest peer time / fastbp time, geometric mean)"
+    timeout = 3600
+    number = 1
+    repeat = 1
+
+    def track_grid_geomean(self):
+        impls = ["fastbp"] + [i for i in PEERS if i != "fastbp" and available(i)]
+        return run_grid(impls, quick=True, progress=False)["geomean"]

@@ -1,12 +1,13 @@
 """Workload builders shared by the benchmarks: W1, W2, W3 exactly as WORKLOADS.md defines them
 (the definitions live in fastbp.workloads, which python -m fastbp.bench uses too).
 
-``impl`` is "numpy" (fastbp.reference, the same maths in plain NumPy) or "fastbp".
+``impl`` is "numpy" (fastbp.baseline.LeanMLP: the lean NumPy loop a competent user writes,
+preallocated buffers and ufuncs with out=; fastbp.reference stays the tests' oracle) or "fastbp".
 """
 import numpy as np
 
 import fastbp
-from fastbp import reference
+from fastbp.baseline import LeanMLP
 from fastbp.workloads import WORKLOADS, data
 
 IMPLS = ["numpy", "fastbp"]
@@ -15,7 +16,7 @@ INFER_ROWS = 8192
 
 def network(impl, name, dtype="float32"):
     w = WORKLOADS[name]
-    cls = fastbp.Network if impl == "fastbp" else reference.MLP
+    cls = fastbp.Network if impl == "fastbp" else LeanMLP
     return cls(w.sizes, activation=w.activation, loss=w.loss, seed=0, dtype=np.dtype(dtype))
 
 

@@ -1,0 +1,112 @@
+"""NumPy's PCG64 and ``Generator.permutation`` in compiled code, so that shuffled epochs draw their
+orders inside the compiled training loop.
+
+The orders are NumPy's own, bit for bit: the same generator (PCG64, XSL-RR output, NumPy's
+buffered 32-bit draws) and the same Fisher-Yates shuffle with masked rejection sampling
+(``Generator.shuffle``), so a run gives the same weights whether its orders were drawn here or by
+``rng.permutation`` in Python (the engine's epoch in pieces, ``fastbp.reference``), and the
+``Generator`` the network keeps ends in the same state. Passing the ``Generator`` itself into a
+compiled function would cost about 7.5 us a call (Numba unboxes its ctypes interface); its state
+goes in and out as six words instead (``words`` / ``set_words``, about 1 us each).
+
+The state words: 0-1 the 128-bit state (high, low), 2-3 the increment, 4 whether a 32-bit half
+is buffered, 5 that half.
+"""
+import numpy as np
+from numba import njit
+
+U = np.uint64
+MULT_HI = U(2549297995355413924)
+MULT_LO = U(4865540595714422341)
+LO32 = U(0xFFFFFFFF)
+S32, S58, S63 = U(32), U(58), U(63)
+ONE, ZERO = U(1), U(0)
+N_WORDS = 6
+M64 = (1 << 64) - 1
+
+
+def words(rng):
+    """The state words of ``rng``, a ``numpy.random.Generator`` over PCG64."""
+    st = rng.bit_generator.state
+    if st["bit_generator"] != "PCG64":
+        raise TypeError(f"compiled shuffling needs a PCG64 generator, not {st['bit_generator']}")
+    s, inc = st["state"]["state"], st["state"]["inc"]
+    return np.array([s >> 64, s & M64, inc >> 64, inc & M64, st["has_uint32"], st["uinteger"]],
+                    dtype=np.uint64)
+
+
+def set_words(rng, w):
+    """Put the state words w back into ``rng``."""
+    w = [int(x) for x in w]
+    rng.bit_generator.state = {"bit_generator": "PCG64",
+                               "state": {"state": (w[0] << 64) | w[1], "inc": (w[2] << 64) | w[3]},
+                               "has_uint32": w[4], "uinteger": w[5]}
+
+
+@njit(cache=True)
+def _mulhi(a, b):
+    """The high 64 bits of the 128-bit product a * b (uint64s), through 32-bit halves."""
+    a0, a1 = a & LO32, a >> S32
+    b0, b1 = b & LO32, b >> S32
+    w0 = a0 * b0
+    t = a1 * b0 + (w0 >> S32)
+    w1 = (t & LO32) + a0 * b1
+    return a1 * b1 + (t >> S32) + (w1 >> S32)
+
+
+@njit(cache=True)
+def next_uint64(w):
+    """PCG64's next output: state = state * MULT + inc (mod 2^128), then XSL-RR of the new state."""
+    hi, lo = w[0], w[1]
+    nlo = lo * MULT_LO
+    nhi = _mulhi(lo, MULT_LO) + lo * MULT_HI + hi * MULT_LO
+    nlo2 = nlo + w[3]
+    nhi = nhi + w[2] + (ONE if nlo2 < nlo else ZERO)
+    w[0], w[1] = nhi, nlo2
+    x = nhi ^ nlo2
+    rot = nhi >> S58
+    return (x >> rot) | (x << ((U(64) - rot) & S63))
+
+
+@njit(cache=True)
+def next_uint32(w):
+    """NumPy's 32-bit draw: the low half of a 64-bit output, the high half kept for the next."""
+    if w[4] != 0:
+        w[4] = ZERO
+        return w[5]
+    x = next_uint64(w)
+    w[4] = ONE
+    w[5] = x >> S32
+    return x & LO32
+
+
+@njit(cache=True)
+def random_interval(w, max_val):
+    """A uniform integer in [0, max_val] by masked rejection, as NumPy's random_interval."""
+    if max_val == 0:
+        return ZERO
+    m = U(max_val)
+    mask = m
+    for s in (1, 2, 4, 8, 16, 32):
+        mask |= mask >> U(s)
+    if m <= LO32:
+        v = next_uint32(w) & mask
+        while v > m:
+            v = next_uint32(w) & mask
+    else:
+        v = next_uint64(w) & mask
+        while v > m:
+            v = next_uint64(w) & mask
+    return v
+
+
+@njit(cache=True)
+def permutation(w, out):
+    """out (n,) = rng.permutation(n) for the generator whose state words are w (advanced)."""
+    n = out.shape[0]
+    for i in range(n):
+        out[i] = i
+    for i in range(n - 1, 0, -1):
+        j = np.int64(random_interval(w, i))
+        if j != i:
+            out[i], out[j] = out[j], out[i]
