@@ -62,6 +62,7 @@ H_UPDATE_VELOCITY = 6  # SGD: 1 keeps a velocity of updates (scikit-learn), 0 of
 N_HYPER = 7
 
 BIAS_BLOCK = 64  # output features per dbias task: one writer per element, rows summed in order
+ROW_BLOCK = 64  # rows per task of the elementwise passes
 UPDATE_CHUNK = 4096  # parameters per optimiser task
 PARALLEL_MIN_WORK = 1 << 15  # element operations below which a loop stays on the calling thread
 
@@ -189,34 +190,45 @@ def _act_grad_row(drow, arow, act):
             drow[j] = drow[j] if arow[j] > 0 else drow[j] * LEAKY_SLOPE
 
 
+@njit(cache=True)
+def _act_rows(a, act, b0, b1):
+    """Rows b0..b1-1 of a (B, N) = act(those rows), in place, as one flat loop: a narrow layer's
+    rows are too short to pay for a loop (and a call) each."""
+    if act != ACT_IDENTITY:
+        _act_row(a[b0:b1].reshape(-1), act)
+
+
+@njit(cache=True)
+def _act_grad_rows(dz, a, act, b0, b1):
+    """Rows b0..b1-1 of dz (B, N): dL/da in, dL/dz out, from the output a (B, N), as one flat
+    loop (see _act_rows)."""
+    if act != ACT_IDENTITY:
+        _act_grad_row(dz[b0:b1].reshape(-1), a[b0:b1].reshape(-1), act)
+
+
 @njit(parallel=True, cache=True)
 def activation_forward(a, act):
-    """a (B, N): pre-activation z in, act(z) out, in place."""
+    """a (B, N): pre-activation z in, act(z) out, in place; blocks of ROW_BLOCK rows in parallel
+    for large arrays."""
     B, N = a.shape
-    if act == ACT_IDENTITY:
-        return
     if _parallel(B * N):
-        for b in prange(B):
-            _act_row(a[b], act)
+        for k in prange((B + ROW_BLOCK - 1) // ROW_BLOCK):
+            _act_rows(a, act, k * ROW_BLOCK, min(B, (k + 1) * ROW_BLOCK))
     else:
-        for b in range(B):
-            _act_row(a[b], act)
+        _act_rows(a, act, 0, B)
 
 
 @njit(parallel=True, cache=True)
 def activation_backward(dz, a, act):
     """dz (B, N): dL/da in, dL/dz out, in place; the derivative is taken from the output a (B, N),
     so the backward pass needs no copy of z (see _act_grad_row). The training loop does this
-    inside dense_backward's dbias pass instead (one pass over the delta, not two)."""
+    in dense_backward instead, just before the dbias sum."""
     B, N = a.shape
-    if act == ACT_IDENTITY:
-        return
     if _parallel(B * N):
-        for b in prange(B):
-            _act_grad_row(dz[b], a[b], act)
+        for k in prange((B + ROW_BLOCK - 1) // ROW_BLOCK):
+            _act_grad_rows(dz, a, act, k * ROW_BLOCK, min(B, (k + 1) * ROW_BLOCK))
     else:
-        for b in range(B):
-            _act_grad_row(dz[b], a[b], act)
+        _act_grad_rows(dz, a, act, 0, B)
 
 
 # --------------------------------------------------------------------------- dense layer
@@ -239,11 +251,13 @@ def _dense_forward_row(out, inp, weight, bias, act, b):
 
 
 @njit(cache=True)
-def _bias_act_row(row, bias, act):
-    """row (OC,) = act(row + bias): the pass after a gemm (the second loop finds row in L1)."""
-    for o in range(row.shape[0]):
-        row[o] += bias[o]
-    _act_row(row, act)
+def _bias_act_rows(out, bias, act, b0, b1):
+    """Rows b0..b1-1 of out (B, OC) = act(out + bias): the pass after a gemm."""
+    for b in range(b0, b1):
+        row = out[b]
+        for o in range(row.shape[0]):
+            row[o] += bias[o]
+    _act_rows(out, act, b0, b1)
 
 
 @njit(parallel=True, cache=True)
@@ -260,11 +274,10 @@ def dense_forward(out, inp, weight, bias, act, use_blas):
     if use_blas:
         np.dot(inp, weight, out)
         if _parallel(B * OC):
-            for b in prange(B):
-                _bias_act_row(out[b], bias, act)
+            for k in prange((B + ROW_BLOCK - 1) // ROW_BLOCK):
+                _bias_act_rows(out, bias, act, k * ROW_BLOCK, min(B, (k + 1) * ROW_BLOCK))
         else:
-            for b in range(B):
-                _bias_act_row(out[b], bias, act)
+            _bias_act_rows(out, bias, act, 0, B)
     elif _parallel(B * C * OC):
         for b in prange(B):
             _dense_forward_row(out, inp, weight, bias, act, np.int64(b))
@@ -274,24 +287,49 @@ def dense_forward(out, inp, weight, bias, act, use_blas):
 
 
 @njit(cache=True)
-def _dbias_block(dbias, dout, out, act, k):
-    """For the k-th block of output features: dout (B, OC) = dL/d(out) in, dL/dz out (see
-    _act_grad_row, from the layer's output out (B, OC)), and dbias[o] = its sum over rows, rows in
-    order: the delta's one pass."""
+def _dbias_block(dbias, dout, k):
+    """dbias[o] = the sum over rows of dout[:, o] for the k-th block of output features, rows in
+    order."""
     B, OC = dout.shape
     o0 = k * BIAS_BLOCK
     o1 = min(OC, o0 + BIAS_BLOCK)
     db = dbias[o0:o1]  # views indexed from 0: see _sgd_chunk
-    for b in range(B):
+    first = dout[0, o0:o1]
+    for j in range(o1 - o0):
+        db[j] = first[j]
+    for b in range(1, B):
         row = dout[b, o0:o1]
-        if act != ACT_IDENTITY:
-            _act_grad_row(row, out[b, o0:o1], act)
-        if b == 0:
-            for j in range(o1 - o0):
-                db[j] = row[j]
-        else:
-            for j in range(o1 - o0):
-                db[j] += row[j]
+        for j in range(o1 - o0):
+            db[j] += row[j]
+
+
+@njit(parallel=True, cache=True)
+def delta_and_dbias(dbias, dout, out, act):
+    """dout (B, OC) = dL/d(out) in, dL/dz out for out = act(z) (B, OC), in place (ACT_IDENTITY
+    leaves it), and dbias (OC,) = its sum over rows, rows in order. Small layers: one flat
+    pass, then the rows added whole; large ones: blocks of rows, then blocks of columns, in
+    parallel, with one writer per element."""
+    B, OC = dout.shape
+    if _parallel(B * OC):
+        for k in prange((B + ROW_BLOCK - 1) // ROW_BLOCK):
+            _act_grad_rows(dout, out, act, k * ROW_BLOCK, min(B, (k + 1) * ROW_BLOCK))
+        for k in prange((OC + BIAS_BLOCK - 1) // BIAS_BLOCK):
+            _dbias_block(dbias, dout, np.int64(k))
+    else:
+        _act_grad_rows(dout, out, act, 0, B)
+        _dbias_rows(dbias, dout)
+
+
+@njit(cache=True)
+def _dbias_rows(dbias, dout):
+    """dbias (OC,) = the sum over rows of dout (B, OC), rows in order, whole rows at a time."""
+    first = dout[0]
+    for o in range(dbias.shape[0]):
+        dbias[o] = first[o]
+    for b in range(1, dout.shape[0]):
+        row = dout[b]
+        for o in range(dbias.shape[0]):
+            dbias[o] += row[o]
 
 
 @njit(cache=True)
@@ -327,8 +365,8 @@ def _dinp_row(dinp, dout, weight, b):
 def dense_backward(dinp, dweight, dbias, dout, inp, weight, out, act, use_blas, need_dinp):
     """Backward of ``dense_forward``, given dout (B, OC) = dL/d(out) for out = act(z) (B, OC).
 
-    dout becomes dL/dz in place (act: the layer's ACT_ code; ACT_IDENTITY leaves it as it is), in
-    the same pass that sums dbias (OC,); then dweight (C, OC) = inp^T @ dout and, when
+    dout becomes dL/dz in place (act: the layer's ACT_ code; ACT_IDENTITY leaves it as it is) and
+    dbias (OC,) its sum over rows (``delta_and_dbias``); then dweight (C, OC) = inp^T @ dout and, when
     ``need_dinp``, dinp (B, C) = dout @ weight^T (the first layer's input needs no gradient). In
     the loops the weight gradient is parallel over input features (rows of dweight), the input
     gradient over batch rows, dbias over blocks of output features: one writer per element, sums
@@ -336,13 +374,7 @@ def dense_backward(dinp, dweight, dbias, dout, inp, weight, out, act, use_blas, 
     """
     B, C = inp.shape
     OC = dout.shape[1]
-    nblk = (OC + BIAS_BLOCK - 1) // BIAS_BLOCK
-    if _parallel(B * OC):
-        for k in prange(nblk):
-            _dbias_block(dbias, dout, out, act, np.int64(k))
-    else:
-        for k in range(nblk):
-            _dbias_block(dbias, dout, out, act, k)
+    delta_and_dbias(dbias, dout, out, act)
     if use_blas:
         np.dot(inp.T, dout, dweight)
         if need_dinp:
@@ -423,14 +455,13 @@ def sparse_backward(dweight, dbias, dout, out, act, data, indices, indptr, index
     writer and its sum runs over rows in order."""
     OC = dout.shape[1]
     nblk = (OC + BIAS_BLOCK - 1) // BIAS_BLOCK
+    delta_and_dbias(dbias, dout, out, act)
     if _parallel(dweight.shape[0] * OC):
         for k in prange(nblk):
-            _dbias_block(dbias, dout, out, act, np.int64(k))
             _sparse_dweight_block(dweight, data, indices, indptr, index, start, dout,
                                   np.int64(k))
     else:
         for k in range(nblk):
-            _dbias_block(dbias, dout, out, act, k)
             _sparse_dweight_block(dweight, data, indices, indptr, index, start, dout, k)
 
 

@@ -247,6 +247,10 @@ class _Run:
                 if not pieces:
                     per_call = min(resize(count, seconds), order_cap, cfg.epochs)
                     pieces = count == 1 and seconds > 2 * CALL_SECONDS and data.steps > 1
+                elif not self.per_epoch and seconds < CALL_SECONDS / 4:
+                    # the work estimate is a bound for the slowest (fused, XOR-sized) networks;
+                    # a measured epoch this short goes back to whole epochs per compiled call
+                    pieces, per_call = False, min(resize(1, seconds), order_cap, cfg.epochs)
                 st.advance(len(losses), data.n_total)
                 self._record(losses, accs, lrs)
                 done += len(losses)
