@@ -20,9 +20,12 @@ from . import _validate as check
 
 # Compiled calls are bounded in time, so that Ctrl-C is seen within a fraction of a second: the
 # first call of a run takes on WORK_PER_CALL work, in (rows + 4 x optimiser steps) x parameters
-# (under 0.1 s of the slowest, XOR-sized, work measured); later ones are sized from the measured
+# (under 0.1 s of the slowest, XOR-sized, work measured), or BLAS_WORK_FACTOR times as much for a
+# network that calls BLAS (measured: 5 ns a unit for XOR, 0.016-0.02 ns for W2, W3 and the grid's
+# BLAS networks, so 64x leaves a margin of 4x and more); later ones are sized from the measured
 # time to about CALL_SECONDS. How a run is cut into calls never changes a result.
 WORK_PER_CALL = 1 << 22
+BLAS_WORK_FACTOR = 64
 CALL_SECONDS = 0.08
 
 
@@ -77,6 +80,7 @@ class Engine:
         self.net, self.data, self.state, self.reducer = net, data, state, reducer
         rows = data.rows_per_step
         self.use_blas = net._use_blas(rows)
+        self.work_per_call = WORK_PER_CALL * (BLAS_WORK_FACTOR if self.use_blas.any() else 1)
         self.ws, self.grads = _scratch(net, rows, data.Y.shape[1])
         # The epoch-start copy of params and optimiser state, made where the epoch is run: in
         # the compiled loop (run_epochs), or here for an epoch cut into calls (save/restore).
@@ -181,7 +185,7 @@ class Engine:
         batch = self.data.batch
         if self._batches_per_call is None:
             self._batches_per_call = max(
-                1, WORK_PER_CALL // epoch_work(batch, batch, self.net.n_params))
+                1, self.work_per_call // epoch_work(batch, batch, self.net.n_params))
         a = 0
         while a < len(index):
             k = min(self._batches_per_call, -(-(len(index) - a) // batch))

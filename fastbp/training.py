@@ -8,7 +8,7 @@ loss-driven schedule, streamed data or MPI do. After each epoch, in one place: v
 stopping, schedule feedback, progress and logging, checkpoints, callbacks.
 
 Ctrl-C: while fit runs in the main thread, SIGINT is noted and acted on between compiled calls,
-which are bounded in work (WORK_PER_CALL), so it lands within a fraction of a second; the network
+which are bounded in work (engine.WORK_PER_CALL), so it lands within a fraction of a second; the network
 is then exactly that of ``net.epoch`` completed epochs (weights, optimiser state and step,
 shuffling stream) and ``fit(..., resume=True)`` carries on as if nothing had happened.
 """
@@ -24,7 +24,7 @@ import numpy as np
 from . import config as _config
 from . import data as _data
 from . import state as _state
-from .engine import CALL_SECONDS, WORK_PER_CALL, Engine, epoch_work, resize
+from .engine import CALL_SECONDS, Engine, epoch_work, resize
 ORDER_BUDGET = 1 << 20  # the most sample indices drawn ahead for shuffled epochs
 
 
@@ -218,11 +218,11 @@ class _Run:
         # (scikit-learn's), which are drawn here ahead of each call, so calls are capped
         drawn_here = st.shuffle and data.orders is not None
         order_cap = max(1, ORDER_BUDGET // data.n) if drawn_here else cfg.epochs
-        per_call = max(1, min(cfg.epochs, WORK_PER_CALL // work, order_cap))
+        per_call = max(1, min(cfg.epochs, self.engine.work_per_call // work, order_cap))
         # epochs of several batches, longer than a compiled call, go through the engine in
         # pieces of batches (the same arithmetic, cut where Ctrl-C can be seen); a one-batch
         # epoch cannot be cut, and the pieces' bookkeeping would cost a one-step fit 10%
-        pieces = self.per_epoch or (work > 4 * WORK_PER_CALL and data.steps > 1)
+        pieces = self.per_epoch or (work > 4 * self.engine.work_per_call and data.steps > 1)
         done = 0
         try:
             while done < cfg.epochs:
