@@ -1028,20 +1028,6 @@ def _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, lay
 
 
 @njit(cache=True, inline="always")
-def _activate(z, act):
-    """act(z) for one element (the scalar twin of _act_row)."""
-    if act == ACT_SIGMOID:
-        return vm.sigmoid(z)
-    if act == ACT_RELU:
-        return z if not z < 0 else 0 * z
-    if act == ACT_TANH:
-        return vm.tanh(z)
-    if act == ACT_LEAKY_RELU:
-        return z if not z < 0 else z * LEAKY_SLOPE
-    return z
-
-
-@njit(cache=True, inline="always")
 def _activation_grad(a, act):
     """d act / dz from the output a for one element (as in _act_grad_row)."""
     if act == ACT_SIGMOID:
@@ -1064,8 +1050,9 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
     kernels against 0.6 us this way (measured).
 
     Serial: such networks are far below PARALLEL_MIN_WORK. Gradients are summed over the batch's
-    rows in order, as the per-layer kernels do. act_buf holds one row's layer outputs back to
-    back; delta_buf one row's deltas, two slots of the widest layer used in turn.
+    rows in order, as the per-layer kernels do. act_buf holds each layer's outputs for the batch
+    back to back (as activation_view lays them out); delta_buf one row's deltas, two slots of the
+    widest layer used in turn.
     """
     B = stop - start
     P = params.shape[0]
@@ -1076,25 +1063,32 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
         grads[i] = 0
     weighted = SW.shape[0] > 0
     wsum = weight_sum(SW, index, start, stop) if weighted else np.float64(B)
-    batch_loss = 0.0
-    for bb in range(B):
-        r = index[start + bb]
-        # forward, one row: act_buf[a0 : a0 + OC] = act(in @ W + b) per layer
-        a0 = 0
-        for l in range(L):
-            C = layout[l, LAY_C]
-            OC = layout[l, LAY_OC]
-            w0 = layout[l, LAY_W]
-            b0 = layout[l, LAY_B]
+    # forward, all rows, layer by layer: layer l's outputs for the B rows are one block of
+    # act_buf, activated in one (vectorised) loop: row by row, each sigmoid or tanh was a scalar
+    # call on the critical path
+    off = 0
+    for l in range(L):
+        C = layout[l, LAY_C]
+        OC = layout[l, LAY_OC]
+        w0 = layout[l, LAY_W]
+        b0 = layout[l, LAY_B]
+        for bb in range(B):
+            r = index[start + bb]
             for o in range(OC):
                 z = params[b0 + o]
                 for c in range(C):
-                    x = X[r, c] if l == 0 else act_buf[a0 - C + c]
+                    x = X[r, c] if l == 0 else act_buf[off - B * C + bb * C + c]
                     z += x * params[w0 + c * OC + o]
-                act_buf[a0 + o] = _activate(z, acts[l]) if l < L - 1 else z
-            a0 += OC
+                act_buf[off + bb * OC + o] = z
+        if l < L - 1:
+            _act_row(act_buf[off:off + B * OC], acts[l])
+        off += B * OC
+    top = off - B * OCL  # the logits' block
+    batch_loss = 0.0
+    for bb in range(B):
+        r = index[start + bb]
         # loss and dL/dlogits of this row (as _loss_row and _loss_backward_row)
-        z0 = a0 - OCL
+        z0 = top + bb * OCL
         d0 = ((L - 1) % 2) * half
         row_value = 0.0
         if loss == LOSS_BCE:
@@ -1102,8 +1096,8 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
             for o in range(OCL):
                 z = act_buf[z0 + o]
                 t = Y[r, o]
-                row_value += max(z, 0) - z * t + vm.log1p(vm.exp(-abs(z)))
-                p = vm.sigmoid(z)
+                row_value += max(z, 0) - z * t + vm.log1p_inline(vm.exp_inline(-abs(z)))
+                p = vm.sigmoid_inline(z)
                 delta_buf[d0 + o] = (p - t) / (B * OCL)
                 if (p > 0.5) != (t > 0.5):
                     hit = 0.0
@@ -1117,13 +1111,13 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
                     best = o
             se = np.float64(0)
             for o in range(OCL):
-                se += vm.exp(act_buf[z0 + o] - m)
+                se += vm.exp_inline(act_buf[z0 + o] - m)
             label = int(Y[r, 0])
             if best == label:
                 correct[0] += 1.0
-            row_value = m + vm.log(se) - act_buf[z0 + label]
+            row_value = m + vm.log_inline(se) - act_buf[z0 + label]
             for o in range(OCL):
-                p = vm.exp(act_buf[z0 + o] - m) / se
+                p = vm.exp_inline(act_buf[z0 + o] - m) / se
                 if o == label:
                     p -= 1
                 delta_buf[d0 + o] = p / B
@@ -1131,7 +1125,7 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
             for o in range(OCL):
                 z = act_buf[z0 + o]
                 row_value += _poisson_row_term(z, Y[r, o])
-                delta_buf[d0 + o] = (vm.exp(z) - Y[r, o]) / (B * OCL)
+                delta_buf[d0 + o] = (vm.exp_inline(z) - Y[r, o]) / (B * OCL)
         else:
             for o in range(OCL):
                 d = act_buf[z0 + o] - Y[r, o]
@@ -1144,16 +1138,17 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
                 delta_buf[d0 + o] *= rf
         batch_loss += row_value
         # backward, one row: accumulate dW, db; delta of the layer below
+        blk = top  # layer l's block of outputs; its input is the block before
         for l in range(L - 1, -1, -1):
             C = layout[l, LAY_C]
             OC = layout[l, LAY_OC]
             w0 = layout[l, LAY_W]
             b0 = layout[l, LAY_B]
-            a0 -= OC  # a0 is now where this layer's input row ends
+            blk -= B * C
             cur = (l % 2) * half
             nxt = ((l + 1) % 2) * half
             for c in range(C):
-                x = X[r, c] if l == 0 else act_buf[a0 - C + c]
+                x = X[r, c] if l == 0 else act_buf[blk + bb * C + c]
                 s = x * 0  # in the data's dtype: no float32/float64 round trips
                 for o in range(OC):
                     d = delta_buf[cur + o]
