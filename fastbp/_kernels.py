@@ -987,13 +987,16 @@ def _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, lay
     """``batch_gradients`` through the per-layer kernels (gather, forward, fused loss, backward);
     a sparse X (Xs) goes through the sparse first layer instead of being gathered."""
     B = stop - start
-    sparse = Xs[2].shape[0] > 0
-    C0 = 0 if sparse else X.shape[1]  # sparse: only the targets are gathered
+    # Xs None (dense input): the sparse branches below are pruned before typing, so a dense fit
+    # never compiles the sparse kernels (`is not None` must be the test itself for that)
+    C0 = X.shape[1]
+    if Xs is not None and Xs[2].shape[0] > 0:
+        C0 = 0  # sparse: only the targets are gathered
     T = Y.shape[1]
     inp = inp_buf[:B * C0].reshape((B, C0))
     tgt = tgt_buf[:B * T].reshape((B, T))
     gather_rows(inp, tgt, X, Y, index, start)
-    if sparse:
+    if Xs is not None and Xs[2].shape[0] > 0:
         W0, b0 = layer_views(params, layout, 0)
         sparse_forward(activation_view(act_buf, layout, B, 0), Xs[0], Xs[1], Xs[2], index, start,
                        W0, b0, out_act(acts, layout.shape[0], 0))
@@ -1017,7 +1020,7 @@ def _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, lay
                 f = SW[index[start + b]] * B / wsum
                 for o in range(logits.shape[1]):
                     logits[b, o] *= f
-        if sparse:
+        if Xs is not None and Xs[2].shape[0] > 0:
             dout = backward_rest(grads, delta_buf, params, act_buf, B, layout, acts, use_blas)
             dW0, db0 = layer_views(grads, layout, 0)
             sparse_backward(dW0, db0, dout, activation_view(act_buf, layout, B, 0),
@@ -1168,7 +1171,7 @@ def batch_gradients(grads, params, X, Xs, Y, SW, index, start, stop, layout, act
     Y (N, T); returns that mean loss. After a non-finite loss grads are not to be used.
 
     Xs: X in CSR form (data (nnz,), indices (nnz,), indptr (N + 1,)) for sparse input, X then an
-    empty (0, C_0) array; three empty arrays for dense input.
+    empty (0, C_0) array; None for dense input (three empty arrays also mean dense).
 
     SW (N,): sample weights (the weighted mean, as scikit-learn), or (0,) for none. l2 (2,):
     scikit-learn's alpha penalty, biases excluded: l2[0] * W / (sum of the batch's weights) is
@@ -1180,7 +1183,7 @@ def batch_gradients(grads, params, X, Xs, Y, SW, index, start, stop, layout, act
     correct (1,): the batch's correctly classified rows are added to it (bce and cross-entropy;
     see count_correct).
     """
-    if use_blas.any() or Xs[2].shape[0] > 0:
+    if use_blas.any() or (Xs is not None and Xs[2].shape[0] > 0):
         value = _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, layout,
                                         acts, use_blas, loss, inp_buf, tgt_buf, act_buf,
                                         delta_buf, row_loss, correct)
@@ -1225,7 +1228,7 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, rn
     N = order.shape[1]
     E = epoch_loss.shape[0]
     correct[0] = 0
-    fused = not use_blas.any() and Xs[2].shape[0] == 0
+    fused = not use_blas.any() and (Xs is None or Xs[2].shape[0] == 0)
     weighted = SW.shape[0] > 0
     shuffled = rng.shape[0] > 0
     W = _pcg.N_WORDS
@@ -1289,13 +1292,12 @@ def evaluate(out, row_loss, params, X, Xs, index, Y, layout, acts, use_blas, los
     """
     N = out.shape[0]
     C0 = X.shape[1]
-    sparse = Xs[2].shape[0] > 0
     L = layout.shape[0]
     chunk = row_loss.shape[0]
     total = 0.0
     for start in range(0, N, chunk):
         B = min(chunk, N - start)
-        if sparse:
+        if Xs is not None and Xs[2].shape[0] > 0:
             W0, b0 = layer_views(params, layout, 0)
             sparse_forward(activation_view(act_buf, layout, B, 0), Xs[0], Xs[1], Xs[2], index,
                            start, W0, b0, out_act(acts, L, 0))

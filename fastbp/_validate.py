@@ -8,15 +8,13 @@ import numpy as np
 
 # A validated sparse X: CSR arrays in the network's dtype and int64, never densified.
 Sparse = namedtuple("Sparse", "shape data indices indptr")
-NO_SPARSE = {}  # dtype -> the three empty arrays the kernels take for dense input
 
 
 def no_sparse(dtype):
-    """The kernels' Xs argument for dense input: three empty arrays."""
-    dtype = np.dtype(dtype)
-    if dtype not in NO_SPARSE:
-        NO_SPARSE[dtype] = (np.empty(0, dtype), np.empty(0, np.int64), np.empty(0, np.int64))
-    return NO_SPARSE[dtype]
+    """The kernels' Xs argument for dense input: None, so the kernels' sparse branches are pruned
+    when they compile and a dense fit never compiles the sparse kernels (dtype: kept for the
+    callers' symmetry with the sparse form)."""
+    return None
 
 
 def is_sparse(X):
