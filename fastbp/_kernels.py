@@ -868,6 +868,16 @@ def forward_rest(act_buf, params, B, layout, acts, use_blas):
 
 
 @njit(cache=True)
+def sparse_network_forward(act_buf, params, Xs, index, start, B, layout, acts, use_blas):
+    """``network_forward`` for the B rows index[start:start + B] of a CSR X (Xs, as for
+    ``batch_gradients``): the first layer through ``sparse_forward``, the rest as for dense input."""
+    W0, b0 = layer_views(params, layout, 0)
+    sparse_forward(activation_view(act_buf, layout, B, 0), Xs[0], Xs[1], Xs[2], index, start, W0,
+                   b0, out_act(acts, layout.shape[0], 0))
+    forward_rest(act_buf, params, B, layout, acts, use_blas)
+
+
+@njit(cache=True)
 def network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, use_blas):
     """Backward pass filling grads (P,), laid out like params, for the batch inp (B, C_0).
 
@@ -988,19 +998,16 @@ def _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, lay
     a sparse X (Xs) goes through the sparse first layer instead of being gathered."""
     B = stop - start
     # Xs None (dense input): the sparse branches below are pruned before typing, so a dense fit
-    # never compiles the sparse kernels (`is not None` must be the test itself for that)
+    # never compiles the sparse kernels (`Xs is not None` must be the test itself for that)
     C0 = X.shape[1]
-    if Xs is not None and Xs[2].shape[0] > 0:
+    if Xs is not None:
         C0 = 0  # sparse: only the targets are gathered
     T = Y.shape[1]
     inp = inp_buf[:B * C0].reshape((B, C0))
     tgt = tgt_buf[:B * T].reshape((B, T))
     gather_rows(inp, tgt, X, Y, index, start)
-    if Xs is not None and Xs[2].shape[0] > 0:
-        W0, b0 = layer_views(params, layout, 0)
-        sparse_forward(activation_view(act_buf, layout, B, 0), Xs[0], Xs[1], Xs[2], index, start,
-                       W0, b0, out_act(acts, layout.shape[0], 0))
-        forward_rest(act_buf, params, B, layout, acts, use_blas)
+    if Xs is not None:
+        sparse_network_forward(act_buf, params, Xs, index, start, B, layout, acts, use_blas)
     else:
         network_forward(act_buf, params, inp, layout, acts, use_blas)
     logits = activation_view(act_buf, layout, B, layout.shape[0] - 1)
@@ -1020,7 +1027,7 @@ def _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, lay
                 f = SW[index[start + b]] * B / wsum
                 for o in range(logits.shape[1]):
                     logits[b, o] *= f
-        if Xs is not None and Xs[2].shape[0] > 0:
+        if Xs is not None:
             dout = backward_rest(grads, delta_buf, params, act_buf, B, layout, acts, use_blas)
             dW0, db0 = layer_views(grads, layout, 0)
             sparse_backward(dW0, db0, dout, activation_view(act_buf, layout, B, 0),
@@ -1171,7 +1178,8 @@ def batch_gradients(grads, params, X, Xs, Y, SW, index, start, stop, layout, act
     Y (N, T); returns that mean loss. After a non-finite loss grads are not to be used.
 
     Xs: X in CSR form (data (nnz,), indices (nnz,), indptr (N + 1,)) for sparse input, X then an
-    empty (0, C_0) array; None for dense input (three empty arrays also mean dense).
+    empty (0, C_0) array; None for dense input, so that the sparse branches are pruned when the
+    kernels compile and a dense fit never compiles the sparse kernels.
 
     SW (N,): sample weights (the weighted mean, as scikit-learn), or (0,) for none. l2 (2,):
     scikit-learn's alpha penalty, biases excluded: l2[0] * W / (sum of the batch's weights) is
@@ -1183,7 +1191,7 @@ def batch_gradients(grads, params, X, Xs, Y, SW, index, start, stop, layout, act
     correct (1,): the batch's correctly classified rows are added to it (bce and cross-entropy;
     see count_correct).
     """
-    if use_blas.any() or (Xs is not None and Xs[2].shape[0] > 0):
+    if use_blas.any() or Xs is not None:
         value = _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, layout,
                                         acts, use_blas, loss, inp_buf, tgt_buf, act_buf,
                                         delta_buf, row_loss, correct)
@@ -1227,8 +1235,7 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, rn
     """
     N = order.shape[1]
     E = epoch_loss.shape[0]
-    correct[0] = 0
-    fused = not use_blas.any() and (Xs is None or Xs[2].shape[0] == 0)
+    fused = not use_blas.any() and Xs is None
     weighted = SW.shape[0] > 0
     shuffled = rng.shape[0] > 0
     W = _pcg.N_WORDS
@@ -1297,11 +1304,8 @@ def evaluate(out, row_loss, params, X, Xs, index, Y, layout, acts, use_blas, los
     total = 0.0
     for start in range(0, N, chunk):
         B = min(chunk, N - start)
-        if Xs is not None and Xs[2].shape[0] > 0:
-            W0, b0 = layer_views(params, layout, 0)
-            sparse_forward(activation_view(act_buf, layout, B, 0), Xs[0], Xs[1], Xs[2], index,
-                           start, W0, b0, out_act(acts, L, 0))
-            forward_rest(act_buf, params, B, layout, acts, use_blas)
+        if Xs is not None:
+            sparse_network_forward(act_buf, params, Xs, index, start, B, layout, acts, use_blas)
         else:
             inp = inp_buf[:B * C0].reshape((B, C0))
             for b in range(B):

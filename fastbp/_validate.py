@@ -10,13 +10,6 @@ import numpy as np
 Sparse = namedtuple("Sparse", "shape data indices indptr")
 
 
-def no_sparse(dtype):
-    """The kernels' Xs argument for dense input: None, so the kernels' sparse branches are pruned
-    when they compile and a dense fit never compiles the sparse kernels (dtype: kept for the
-    callers' symmetry with the sparse form)."""
-    return None
-
-
 def is_sparse(X):
     """A scipy.sparse matrix or array (without importing scipy.sparse for dense input)."""
     return type(X).__module__.startswith("scipy.sparse") and hasattr(X, "tocsr")

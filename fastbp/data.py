@@ -149,7 +149,7 @@ class TrainData:
         if self.streamed and check.is_sparse(X):
             raise TypeError("X: a sparse matrix is trained in memory (it is never densified); "
                             "pass stream=None or False")
-        self.Xs = check.no_sparse(net.dtype)
+        self.Xs = None  # dense input (see _kernels.batch_gradients)
         if self.streamed:
             self.stream = Stream(X, net.sizes[0], net.dtype, cfg.batch_size,
                                  part=(rank, ranks) if part and not sharded else (0, 1))

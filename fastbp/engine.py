@@ -282,7 +282,7 @@ class FullBatch:
         if isinstance(X, check.Sparse):
             self.X, self.Xs = np.empty((0, X.shape[1]), net.dtype), tuple(X[1:])
         else:
-            self.X, self.Xs = X, check.no_sparse(net.dtype)
+            self.X, self.Xs = X, None  # dense: see _kernels.batch_gradients
         self.index = np.arange(n, dtype=np.int64)
         self.use_blas = net._use_blas(n)
         self.ws = workspaces(net, n, Y.shape[1])

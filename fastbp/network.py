@@ -227,7 +227,7 @@ class Network:
         if isinstance(X, check.Sparse):
             Xd, Xs, index = np.empty((0, X.shape[1]), self.dtype), X[1:], np.arange(n)
         else:
-            Xd, Xs, index = X, check.no_sparse(self.dtype), np.empty(0, np.int64)
+            Xd, Xs, index = X, None, np.empty(0, np.int64)
         with _threads.compute(use_blas.any()):
             value = K.evaluate(out, row_loss, self._params, Xd, Xs, index,
                                out if Y is None else Y, self._layout, self._acts, use_blas,
