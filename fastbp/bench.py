@@ -430,7 +430,7 @@ def run_grid(impls, quick, progress, names=None):
         peers = {i: s for i, s in t.items() if i != "fastbp"}
         row["fastest_peer"] = min(peers, key=peers.get)
         row["ratio"] = peers[row["fastest_peer"]] / t["fastbp"]
-        flops = 6 * sum(a * b for a, b in zip(w.sizes[:-1], w.sizes[1:])) * len(X)
+        flops = wl.training_flops(name, len(X))
         row["pct_matmul"] = {i: 100 * flops / s / 1e9 / report["matmul_gflops"][dt]
                              for i, s in t.items()}
         report["grid"].append(row)

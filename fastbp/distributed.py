@@ -33,7 +33,6 @@ import time
 from contextlib import contextmanager
 
 import numba
-import numpy as np
 
 from .data import share  # noqa: F401 (public: which rows a rank takes)
 

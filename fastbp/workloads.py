@@ -23,7 +23,7 @@ def _grid():
     """About 30 points beyond W1-W3 (WORKLOADS.md, "Beyond W1-W3"): activations sigmoid, tanh and
     relu; widths 32 to 4096; depths (hidden layers) 1 to 8; batches 32 to 4096; float32 and
     float64. Each is width -> depth hidden layers of that width -> 10 classes, cross-entropy,
-    lr 0.01, and enough rows for a few batches (``grid_samples``). The two held-out networks of
+    lr 0.01, and enough rows for a few batches (``_grid_samples``). The two held-out networks of
     issue 12 are G01 (one wide sigmoid layer, float32, large batch) and G02 (a deep narrow tanh
     stack, float64, small batch)."""
     points = [  # (activation, width, depth, batch, dtype)
@@ -48,12 +48,16 @@ def _grid():
         name = f"G{k:02d}"
         sizes = (width,) * (depth + 1) + (10,)
         grid[name] = (Workload(name, f"grid: {act} {width}x{depth}, batch {batch}, {dtype}",
-                               sizes, act, "cross_entropy", 0, batch, 0.01), dtype)
+                               sizes, act, "cross_entropy", _grid_samples(sizes, batch), batch,
+                               0.01), dtype)
     return grid
 
 
-# name -> (Workload, dtype); samples is 0: grid_samples picks them
-GRID = _grid()
+def _grid_samples(sizes, batch, flops_per_epoch=2e9):
+    """Rows for a grid point: whole batches, about ``flops_per_epoch`` training FLOPs (so every
+    point takes milliseconds, not minutes, per epoch), between 1 and 64 batches."""
+    per_batch = 6 * _weights(sizes) * batch
+    return batch * int(min(64, max(1, flops_per_epoch // per_batch)))
 
 
 def get(name):
@@ -61,19 +65,9 @@ def get(name):
     return WORKLOADS[name] if name in WORKLOADS else GRID[name][0]
 
 
-def grid_samples(name, flops_per_epoch=2e9):
-    """Rows for a grid point: whole batches, about ``flops_per_epoch`` training FLOPs (so every
-    point takes milliseconds, not minutes, per epoch), between 1 and 64 batches."""
-    w = get(name)
-    per_batch = 6 * _weights(w.sizes) * w.batch
-    return w.batch * int(min(64, max(1, flops_per_epoch // per_batch)))
-
-
 def data(name, dtype=np.float32, samples=None):
     """(X, y) for workload ``name``; ``samples`` takes only the first rows (quick runs)."""
     w = get(name)
-    if name in GRID:
-        w = w._replace(samples=grid_samples(name))
     n = w.samples if samples is None else min(samples, w.samples)
     if name == "W1":
         X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=dtype)
@@ -98,3 +92,6 @@ def n_weights(name):
 def training_flops(name, samples):
     """6 x weights x samples: 2 for the forward matmuls, 4 for the two backward ones."""
     return 6 * n_weights(name) * samples
+
+
+GRID = _grid()  # name -> (Workload, dtype): the grid points G01..G30
