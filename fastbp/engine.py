@@ -80,7 +80,8 @@ class Engine:
         self.net, self.data, self.state, self.reducer = net, data, state, reducer
         rows = data.rows_per_step
         self.use_blas = net._use_blas(rows)
-        self.work_per_call = WORK_PER_CALL * (BLAS_WORK_FACTOR if self.use_blas.any() else 1)
+        self.blas = bool(self.use_blas.any())
+        self.work_per_call = WORK_PER_CALL * (BLAS_WORK_FACTOR if self.blas else 1)
         self.ws, self.grads = _scratch(net, rows, data.Y.shape[1])
         # The epoch-start copy of params and optimiser state, made where the epoch is run: in
         # the compiled loop (run_epochs), or here for an epoch cut into calls (save/restore).
@@ -100,7 +101,7 @@ class Engine:
 
     def threads(self):
         """The thread split for this network (see _threads.compute)."""
-        return _threads.compute(self.use_blas.any())
+        return _threads.compute(self.blas)
 
     # ---------------------------------------------------------------- backup, restore, check
 
@@ -130,24 +131,26 @@ class Engine:
         in Python would leave it). Returns the losses and training accuracies (before each
         batch's update) of the epochs completed (fewer than asked: the next one diverged and was
         undone, rng included)."""
-        d, opt = self.data, self.state.optimizer
+        d, opt, net = self.data, self.state.optimizer, self.net
         if self.backup is None:
-            self.backup = np.empty(self._backup_size, self.net.dtype)
+            self.backup = np.empty(self._backup_size, net.dtype)
+            # the arguments that stay the same from call to call (a 1-epoch fit is short)
+            self._fixed = (net._layout, net._acts, self.use_blas, net._loss.code, d.batch,
+                           opt.code, self.hyper, self.l2, *self.ws, self.backup)
         losses = np.zeros((len(lrs), 2))
         step = self._step
         step[0] = opt.step
         words = self.no_rng
         if rng is not None:
             words = self.rng_words
-            words[:_pcg.N_WORDS] = _pcg.words(rng)
-        done = K.train_epochs(self.net._params, opt.state, step, self.grads, losses, d.X, d.Xs,
-                              d.Y, d.SW, order, words, lrs, self.net._layout, self.net._acts,
-                              self.use_blas, self.net._loss.code, d.batch, opt.code, self.hyper,
-                              self.l2, *self.ws, self.backup)
+            _pcg.load(rng, words)
+        done = K.train_epochs(net._params, opt.state, step, self.grads, losses, d.X, d.Xs, d.Y,
+                              d.SW, order, words, lrs, *self._fixed)
         if rng is not None:
-            _pcg.set_words(rng, words[:_pcg.N_WORDS])
+            _pcg.store(rng, words)
         opt.step = int(step[0])
-        sums = losses[:done] / d.n
+        sums = losses[:done]
+        sums /= d.n
         return sums[:, 0], sums[:, 1]
 
     # ---------------------------------------------------------------- one epoch in blocks

@@ -108,6 +108,7 @@ class Network:
         self._targets_1d = self.sizes[-1] == 1
         self._train = None  # state.TrainState of the last fit, for resume=True and checkpoints
         self._scratch = None  # small workspaces kept between fits (engine._scratch)
+        self._prepared = None  # the last small fit call's validated arguments (training._Prepared)
 
     # ------------------------------------------------------------------ construction helpers
 
@@ -161,6 +162,12 @@ class Network:
     @property
     def n_params(self):
         return self._params.size
+
+    _prepared = None  # (a network pickled before there was one)
+
+    def __getstate__(self):
+        # the kept fit arguments are a copy of the training data: not part of the network
+        return {k: v for k, v in self.__dict__.items() if k != "_prepared"}
 
     def __repr__(self):
         return (f"Network(sizes={list(self.sizes)}, activation={list(self.activations)}, "

@@ -50,7 +50,9 @@ class TrainState:
     def lrs(self, count, n, dtype):
         """The rates of the next ``count`` epochs of ``n`` samples each."""
         if type(self.schedule) is _schedules.Constant:
-            return np.full(count, self.optimizer.lr, dtype=dtype)
+            out = np.empty(count, dtype=dtype)
+            out.fill(self.optimizer.lr)  # np.full's Python layer costs a 1-epoch fit 0.5 us
+            return out
         k = np.arange(count)
         return self.schedule.rate(self.optimizer.lr, self.epoch + k,
                                   self.samples + k * n).astype(dtype)

@@ -47,3 +47,23 @@ def test_a_shuffled_fit_leaves_the_generator_where_numpy_would():
     for _ in range(7):
         expected.permutation(50)
     assert net._shuffle_rng.bit_generator.state == expected.bit_generator.state
+
+
+def test_load_and_store_through_the_generators_memory_agree_with_its_state():
+    """The engine's fast path (load/store: the words copied from and to the generator's own
+    memory) gives the words that ``state`` gives, and leaves the generator where NumPy would."""
+    import sys
+    g, h = np.random.default_rng(5), np.random.default_rng(5)
+    for r in (g, h):
+        r.integers(0, 7, 3, dtype=np.uint32)  # a buffered 32-bit half pending
+    if sys.byteorder == "little":  # the memory layout the fast path reads on these machines
+        assert _pcg._views(g.bit_generator) is not None
+    w = np.zeros(2 * _pcg.N_WORDS, np.uint64)
+    _pcg.load(g, w)
+    np.testing.assert_array_equal(w[:_pcg.N_WORDS], _pcg.words(g))
+    out = np.empty(100, np.int64)
+    _pcg.permutation(w[:_pcg.N_WORDS], out)
+    _pcg.store(g, w)
+    np.testing.assert_array_equal(out, h.permutation(100))
+    assert g.bit_generator.state == h.bit_generator.state
+    assert g.random() == h.random()

@@ -324,3 +324,59 @@ def test_fused_small_loop_matches_the_per_layer_kernels(loss, act, dtype, weight
         tol = 1e-12 if dtype == np.float64 else 1e-5
         assert rel_err(v_fused, v_layers) < tol
         assert rel_err(fused, layers) < tol
+
+
+# --------------------------------------------------------------------------- repeated calls
+# A small fit call's validated arguments are kept on the network for the next equal call
+# (training._Prepared). Each test compares against the same calls made with lists, which are never
+# kept, so every one of them is validated and prepared afresh.
+
+
+def _twins(**kw):
+    return [fastbp.Network([2, 5, 1], activation="tanh", loss="bce", seed=4, **kw)
+            for _ in range(2)]
+
+
+@pytest.mark.parametrize("options", [
+    dict(epochs=3, lr=0.3),
+    dict(epochs=2, optimizer="adam", lr=0.01, batch_size=2),
+    dict(epochs=4, schedule="adaptive", lr=0.5, shuffle=False),
+    dict(epochs=2, optimizer="sgd", momentum=0.9, lr=0.1, batch_size=3),
+])
+def test_repeated_equal_calls_train_as_fresh_calls(options):
+    kept, fresh = _twins()
+    for _ in range(4):
+        h1 = kept.fit(XOR_X, XOR_Y, **options)
+        h2 = fresh.fit(XOR_X.tolist(), XOR_Y.tolist(), **options)
+        assert list(h1.loss) == list(h2.loss) and list(h1.lr) == list(h2.lr)
+        np.testing.assert_array_equal(kept._params, fresh._params)
+    assert kept._prepared is not None and fresh._prepared is None
+
+
+def test_a_changed_array_or_option_is_validated_again():
+    kept, fresh = _twins()
+    X = XOR_X.copy()
+    kept.fit(X, XOR_Y, epochs=2)
+    fresh.fit(X.tolist(), XOR_Y.tolist(), epochs=2)
+    X[0, 0] = 3.0  # changed in place: the same object, other bytes
+    kept.fit(X, XOR_Y, epochs=2)
+    fresh.fit(X.tolist(), XOR_Y.tolist(), epochs=2)
+    np.testing.assert_array_equal(kept._params, fresh._params)
+    X[1, 1] = np.nan
+    with pytest.raises(ValueError, match="X"):
+        kept.fit(X, XOR_Y, epochs=2)
+    with pytest.raises(ValueError, match="epochs"):
+        kept.fit(XOR_X, XOR_Y, epochs=0)
+    with pytest.raises(TypeError, match="shuffle"):  # 1 == True, but not a bool
+        kept.fit(XOR_X, XOR_Y, epochs=2, shuffle=1)
+    np.testing.assert_array_equal(kept._params, fresh._params)
+
+
+def test_kept_arguments_are_not_pickled():
+    import pickle
+    net, _ = _twins()
+    net.fit(XOR_X, XOR_Y, epochs=1)
+    assert net._prepared is not None
+    back = pickle.loads(pickle.dumps(net))
+    assert back._prepared is None
+    np.testing.assert_array_equal(back.predict_proba(XOR_X), net.predict_proba(XOR_X))
