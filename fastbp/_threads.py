@@ -73,4 +73,7 @@ def compute(uses_blas):
     """The context to run in for a network that does (or does not) call BLAS: the threads split
     between Numba and BLAS; the user's settings come back afterwards, also on error and under
     concurrent fits."""
-    return _Split() if uses_blas else nullcontext()
+    return _Split() if uses_blas else _NO_SPLIT
+
+
+_NO_SPLIT = nullcontext()  # stateless, so one serves every call

@@ -159,13 +159,10 @@ class Config:
             raise ValueError("give validation_data or validation_split, not both")
         if self.sharded and self.comm is None:
             raise ValueError("sharded=True needs comm (an MPI communicator)")
-
-    @property
-    def per_epoch(self):
-        """Whether something must act after every epoch (the compiled multi-epoch path cannot)."""
-        return bool(self.callbacks or self.validation_data is not None or self.validation_split
-                    or self.progress or self.checkpoint or self.schedule.needs_loss
-                    or self.comm is not None)
+        # whether something must act after every epoch (the compiled multi-epoch path cannot)
+        self.per_epoch = bool(self.callbacks or self.validation_data is not None
+                              or self.validation_split or self.progress or self.checkpoint
+                              or self.schedule.needs_loss or self.comm is not None)
 
     def describe(self):
         """Every setting as plain values: what ranks compare before they train together."""

@@ -231,8 +231,7 @@ class _Prepared:
     before the first run."""
 
     SMALL_DATA = 1 << 16
-    _PLAIN = (bool, int, float, str, type(None))
-    _EACH_CALL = ("checkpoint", "stream")  # a writable path and a file's reader: checked each call
+    _PLAIN = frozenset((bool, int, float, str, type(None)))
 
     __slots__ = ("_key", "_bytes", "cfg", "optimizer", "schedule", "data", "engine")
 
@@ -248,12 +247,12 @@ class _Prepared:
         if (type(X) is not np.ndarray or type(y) is not np.ndarray
                 or X.nbytes + y.nbytes > cls.SMALL_DATA):
             return None
-        plain = cls._PLAIN
-        for k, v in options.items():
-            if v.__class__ not in plain or (k in cls._EACH_CALL and v is not None):
-                return None
-        return (tuple(options.items()), tuple(map(type, options.values())),
-                X.dtype, X.shape, X.strides, y.dtype, y.shape, y.strides)
+        kinds = tuple(map(type, options.values()))
+        if (not cls._PLAIN.issuperset(kinds) or options.get("checkpoint") is not None
+                or options.get("stream") is not None):  # a writable path, a file's reader
+            return None
+        return (tuple(options.items()), kinds, X.dtype, X.shape, X.strides, y.dtype, y.shape,
+                y.strides)
 
     def matches(self, key, X, y):
         return key == self._key and (X.tobytes(), y.tobytes()) == self._bytes
