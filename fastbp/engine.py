@@ -7,7 +7,9 @@ two ways of stepping through an epoch.
   step is ``gradient`` (this rank's rows), then ``reducer.sum`` (the weighted sums of all ranks),
   then ``apply`` (the same update everywhere): the paths that must act between gradient and update
   use these two steps, so a gradient transform such as clipping goes into ``apply`` and into
-  ``_kernels.optimizer_update`` (which the compiled loop calls), nowhere else.
+  ``_kernels.optimizer_update`` (which the compiled loop calls), nowhere else; the compiled loop's
+  plain SGD step inside the backward pass (``sgd_in_backward``), which never forms the gradient,
+  must then be turned off for it.
 """
 import time
 

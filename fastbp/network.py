@@ -338,7 +338,7 @@ class Network:
             logits = K.activation_view(act_buf, self._layout, n, len(self._layout) - 1)
             K.loss_backward(logits, logits, Y, self._loss.code)
             K.network_backward(grads, delta_buf, self._params, X, act_buf,
-                               self._layout, self._acts, use_blas)
+                               self._layout, self._acts, use_blas, self._params[:0])
         views = self._views(grads)
         return [W for W, _ in views], [b for _, b in views]
 

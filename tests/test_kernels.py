@@ -66,7 +66,8 @@ def test_dense_backward_matches_reference(dtype, use_blas, size):
     B, C, OC = SHAPES[size]
     inp, W, dout = rand((B, C), dtype, 1), rand((C, OC), dtype, 2), rand((B, OC), dtype, 4)
     dinp, dW, db = np.empty((B, C), dtype), np.empty((C, OC), dtype), np.empty(OC, dtype)
-    K.dense_backward(dinp, dW, db, dout, inp, W, dout, K.ACT_IDENTITY, use_blas, True)
+    K.dense_backward(dinp, dW, db, dout, inp, W, np.empty(OC, dtype), dout, K.ACT_IDENTITY,
+                     use_blas, True, W[:0, 0])
     i64, W64, d64 = (a.astype(np.float64) for a in (inp, W, dout))
     assert rel_err(dW, i64.T @ d64) < TOL[dtype]
     assert rel_err(db, d64.sum(axis=0)) < TOL[dtype]
@@ -76,8 +77,8 @@ def test_dense_backward_matches_reference(dtype, use_blas, size):
 def test_dense_backward_skips_input_gradient_when_not_needed():
     inp, W, dout = rand((B, C), np.float64, 1), rand((C, OC), np.float64, 2), rand((B, OC), np.float64, 4)
     dinp = np.full((B, C), 7.0)
-    K.dense_backward(dinp, np.empty((C, OC)), np.empty(OC), dout, inp, W, dout, K.ACT_IDENTITY,
-                     False, False)
+    K.dense_backward(dinp, np.empty((C, OC)), np.empty(OC), dout, inp, W, np.empty(OC), dout,
+                     K.ACT_IDENTITY, False, False, np.empty(0))
     assert (dinp == 7.0).all()
 
 
@@ -96,9 +97,33 @@ def test_dense_backward_matches_finite_differences(use_blas, act):
     f()
     dinp, dW, db = np.empty((B, C)), np.empty((C, OC)), np.empty(OC)
     dout = R.copy()
-    K.dense_backward(dinp, dW, db, dout, inp, W, out, code, use_blas, True)
+    K.dense_backward(dinp, dW, db, dout, inp, W, b, out, code, use_blas, True, np.empty(0))
     for analytic, x in ((dW, W), (db, b), (dinp, inp)):
         assert rel_err(analytic, central_difference(f, x)) < 1e-6
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("use_blas", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_backward_with_sgd_step_matches_gradient_then_update(dtype, use_blas, size):
+    """sgd (1,) = (lr,): the layer takes plain SGD's step in its backward (the weight's in one
+    gemm with alpha -lr, beta 1, on the BLAS path): W - lr dW and b - lr db as the reference
+    computes them, dinp and dbias from the weights before the step."""
+    B, C, OC = SHAPES[size]
+    inp, W, b, dout = (rand((B, C), dtype, 1), rand((C, OC), dtype, 2), rand(OC, dtype, 3),
+                       rand((B, OC), dtype, 4))
+    out = rand((B, OC), dtype, 5)
+    lr = 0.05
+    dinp, dW, db = np.empty((B, C), dtype), np.empty((C, OC), dtype), np.empty(OC, dtype)
+    W_new, b_new, d = W.copy(), b.copy(), dout.copy()
+    K.dense_backward(dinp, dW, db, d, inp, W_new, b_new, out, K.ACT_TANH, use_blas, True,
+                     np.array([lr], dtype))
+    i64, W64, o64 = (a.astype(np.float64) for a in (inp, W, out))
+    dz = dout.astype(np.float64) * (1 - o64 ** 2)
+    assert rel_err(db, dz.sum(axis=0)) < TOL[dtype]
+    assert rel_err(dinp, dz @ W64.T) < TOL[dtype]
+    assert rel_err(W_new, W64 - lr * (i64.T @ dz)) < TOL[dtype]
+    assert rel_err(b_new, b.astype(np.float64) - lr * dz.sum(axis=0)) < TOL[dtype]
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -120,7 +145,7 @@ def test_dense_with_activation_matches_reference(act, dtype, use_blas, size):
     dz = da.astype(np.float64) * ref.activation_grad(act, z)
     dinp, dW, db = np.empty((B, C), dtype), np.empty((C, OC), dtype), np.empty(OC, dtype)
     dout = da.copy()
-    K.dense_backward(dinp, dW, db, dout, inp, W, out, code, use_blas, True)
+    K.dense_backward(dinp, dW, db, dout, inp, W, b, out, code, use_blas, True, b[:0])
     # float32: the derivative comes from the rounded output, as in test_activation_backward
     tol = TOL[dtype] if dtype == np.float64 else 2e-5
     assert rel_err(dout, dz) < tol

@@ -72,6 +72,24 @@ def test_minibatch_fit_matches_reference_trajectory(loss, act, shuffle):
         assert rel_err(got, want) < 1e-12
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_plain_sgd_through_blas_layers_matches_reference_trajectory(shuffle):
+    """Plain SGD on layers large enough for BLAS takes its step inside the backward pass (each
+    weight in one gemm, no gradient written out): the same weights and losses as the reference,
+    which computes the gradient and then subtracts lr times it."""
+    sizes = [40, 64, 48, 5]
+    X, y = make_data("cross_entropy", 150, sizes[0], sizes[-1], seed=6)
+    kw = dict(epochs=4, lr=0.1, batch_size=32, shuffle=shuffle)
+    net = fastbp.Network(sizes, activation="tanh", seed=3, dtype=np.float64)
+    assert net._use_blas(32).all()
+    mlp = ref.MLP(sizes, activation="tanh", loss="cross_entropy", seed=3, dtype=np.float64)
+    hist = net.fit(X, y, **kw)
+    ref_hist = mlp.fit(X, y, **kw)
+    assert rel_err(hist.loss, ref_hist) < 1e-12
+    for got, want in zip(net.weights + net.biases, mlp.weights + mlp.biases):
+        assert rel_err(got, want) < 1e-12
+
+
 def test_initial_weights_follow_the_reference_rule():
     """He uniform before relu/leaky_relu, Glorot elsewhere and at the output, biases zero."""
     sizes, acts = [7, 9, 8, 6, 3], ["relu", "tanh", "leaky_relu"]
@@ -166,10 +184,13 @@ _FIT_SCRIPT = textwrap.dedent("""
     # [2, 4, 10] is small enough for the fused loop (_batch_gradients_fused).
     for name, sizes in (("blas", [64, 96, 80, 10]), ("small", [2, 4, 10])):
         for dt in (np.float32, np.float64):
-            net = fastbp.Network(sizes, activation="relu", loss="cross_entropy", seed=1, dtype=dt)
-            h = net.fit(X[:, :sizes[0]], y, epochs=3, lr=0.05, batch_size=64, momentum=0.9)
-            out[f"{name}_{np.dtype(dt).name}"] = np.concatenate(
-                [net._params.astype(np.float64), h.loss])
+            for momentum in (0.9, 0.0):  # 0: plain SGD, its step inside the backward pass
+                net = fastbp.Network(sizes, activation="relu", loss="cross_entropy", seed=1,
+                                     dtype=dt)
+                h = net.fit(X[:, :sizes[0]], y, epochs=3, lr=0.05, batch_size=64,
+                            momentum=momentum)
+                out[f"{name}_{np.dtype(dt).name}_{momentum}"] = np.concatenate(
+                    [net._params.astype(np.float64), h.loss])
     out["threads"] = np.array([numba.get_num_threads()])
     np.savez(sys.argv[1], **out)
 """)
@@ -320,7 +341,7 @@ def test_fused_small_loop_matches_the_per_layer_kernels(loss, act, dtype, weight
                                     net._loss.code, np.zeros(2), *ws)
         v_layers = K._batch_gradients_layers(layers, net._params, data.X, data.Xs, data.Y, data.SW,
                                              index, start, stop, net._layout, net._acts,
-                                             use_blas, net._loss.code, *ws)
+                                             use_blas, net._loss.code, *ws, net._params[:0])
         tol = 1e-12 if dtype == np.float64 else 1e-5
         assert rel_err(v_fused, v_layers) < tol
         assert rel_err(fused, layers) < tol

@@ -66,8 +66,8 @@ class Kernels:
         if impl == "numpy":
             self.inp.T @ self.dout, self.dout.sum(axis=0), self.dout @ self.W.T
         else:
-            K.dense_backward(self.dinp, self.dW, self.db, self.dout, self.inp, self.W, self.dout,
-                             K.ACT_IDENTITY, self.use_blas, True)
+            K.dense_backward(self.dinp, self.dW, self.db, self.dout, self.inp, self.W, self.b,
+                             self.dout, K.ACT_IDENTITY, self.use_blas, True, self.b[:0])
 
     def time_loss_output_delta(self, impl, workload):
         if impl == "numpy":
