@@ -1111,11 +1111,12 @@ def _activation_grad(a, act):
 
 @njit(cache=True, inline="always")
 def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, acts, loss,
-                           act_buf, delta_buf, correct):
+                           act_buf, delta_buf, correct, sgd):
     """``batch_gradients`` for networks too small for BLAS (XOR-sized): the same maths, row by
     row in one function over the flat buffers, with no per-layer kernel calls or array views.
     At 2-4-1 those calls cost more than the arithmetic: 1.9 us per epoch through the per-layer
-    kernels against 0.6 us this way (measured).
+    kernels against 0.6 us this way (measured). sgd (1,) = (lr,): plain SGD's step is taken here
+    too, params -= lr * grads, when the loss is finite (as in _batch_gradients_layers).
 
     Serial: such networks are far below PARALLEL_MIN_WORK. Gradients are summed over the batch's
     rows in order, as the per-layer kernels do. act_buf holds each layer's outputs for the batch
@@ -1226,7 +1227,10 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
                     delta_buf[nxt + c] = s * _activation_grad(x, acts[l - 1])
             for o in range(OC):
                 grads[b0 + o] += delta_buf[cur + o]
-    return batch_loss / (B if loss == LOSS_CE else B * OCL)
+    value = batch_loss / (B if loss == LOSS_CE else B * OCL)
+    if sgd.shape[0] > 0 and np.isfinite(value):
+        _sgd_step(params, grads, sgd[0])
+    return value
 
 
 @njit(cache=True)
@@ -1255,7 +1259,7 @@ def batch_gradients(grads, params, X, Xs, Y, SW, index, start, stop, layout, act
                                         delta_buf, row_loss, correct, params[:0])
     else:
         value = _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, acts,
-                                       loss, act_buf, delta_buf, correct)
+                                       loss, act_buf, delta_buf, correct, params[:0])
     return _with_l2(value, grads, params, layout, SW, index, start, stop, l2)
 
 
@@ -1294,10 +1298,11 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, rn
     N = order.shape[1]
     E = epoch_loss.shape[0]
     fused = not use_blas.any() and Xs is None
-    # Plain SGD (no momentum, weight decay or L2) on dense input through the layer kernels: the
-    # step is taken in the backward pass, each weight by one gemm, and no gradient is written out
-    # (a separate update pass over a wide layer's weights cost as much as its gradient's gemm).
-    sgd_in_backward = (not fused and Xs is None and opt == OPT_SGD and hyper[H_MOMENTUM] == 0
+    # Plain SGD (no momentum, weight decay or L2) on dense input: the step is taken in the
+    # backward pass, each BLAS layer's weight by one gemm with no gradient written out (a separate
+    # update pass over a wide layer's weights cost as much as its gradient's gemm), XOR-sized
+    # networks at the end of the fused loop (the optimiser's calls cost them 15%).
+    sgd_in_backward = (Xs is None and opt == OPT_SGD and hyper[H_MOMENTUM] == 0
                        and hyper[H_WEIGHT_DECAY] == 0 and l2[0] == 0)
     weighted = SW.shape[0] > 0
     shuffled = rng.shape[0] > 0
@@ -1311,6 +1316,7 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, rn
             copy(rng[W:], rng[:W])  # the epoch's start
             _pcg.permutation(rng[:W], order[0])
         index = order[e % order.shape[0]]
+        sgd = lrs[e:e + 1] if sgd_in_backward else lrs[:0]
         total = epoch_loss[e, 0]  # a running sum carried in: an epoch split over calls adds alike
         correct[0] = epoch_loss[e, 1]
         ok = True
@@ -1323,12 +1329,12 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, rn
             # batch_gradients' choice, made once per call: at XOR size even its dispatch shows
             if fused:
                 value = _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop,
-                                               layout, acts, loss, act_buf, delta_buf, correct)
+                                               layout, acts, loss, act_buf, delta_buf, correct,
+                                               sgd)
             else:
                 value = _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop,
                                                 layout, acts, use_blas, loss, inp_buf, tgt_buf,
-                                                act_buf, delta_buf, row_loss, correct,
-                                                lrs[e:e + 1] if sgd_in_backward else lrs[:0])
+                                                act_buf, delta_buf, row_loss, correct, sgd)
             if l2[0] != 0:
                 value = _with_l2(value, grads, params, layout, SW, index, start, stop, l2)
             if not np.isfinite(value):

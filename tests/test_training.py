@@ -73,15 +73,16 @@ def test_minibatch_fit_matches_reference_trajectory(loss, act, shuffle):
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_plain_sgd_through_blas_layers_matches_reference_trajectory(shuffle):
-    """Plain SGD on layers large enough for BLAS takes its step inside the backward pass (each
-    weight in one gemm, no gradient written out): the same weights and losses as the reference,
-    which computes the gradient and then subtracts lr times it."""
-    sizes = [40, 64, 48, 5]
+@pytest.mark.parametrize("sizes,blas", [([40, 64, 48, 5], True), ([3, 5, 4, 2], False)])
+def test_plain_sgd_matches_reference_trajectory(sizes, blas, shuffle):
+    """Plain SGD takes its step inside the backward pass (layers large enough for BLAS: each
+    weight in one gemm, no gradient written out; XOR-sized networks: at the end of the fused
+    loop): the same weights and losses as the reference, which computes the gradient and then
+    subtracts lr times it."""
     X, y = make_data("cross_entropy", 150, sizes[0], sizes[-1], seed=6)
     kw = dict(epochs=4, lr=0.1, batch_size=32, shuffle=shuffle)
     net = fastbp.Network(sizes, activation="tanh", seed=3, dtype=np.float64)
-    assert net._use_blas(32).all()
+    assert net._use_blas(32).all() if blas else not net._use_blas(32).any()
     mlp = ref.MLP(sizes, activation="tanh", loss="cross_entropy", seed=3, dtype=np.float64)
     hist = net.fit(X, y, **kw)
     ref_hist = mlp.fit(X, y, **kw)
