@@ -24,7 +24,7 @@ import numpy as np
 from . import config as _config
 from . import data as _data
 from . import state as _state
-from .engine import CALL_SECONDS, Engine, epoch_work, resize
+from .engine import CALL_SECONDS, SCRATCH_KEEP, Engine, epoch_work, resize
 ORDER_BUDGET = 1 << 20  # the most sample indices drawn ahead for shuffled epochs
 
 
@@ -187,7 +187,7 @@ def fit(net, X, y, **options):
     if reducer is not None:
         cfg, data, st = reducer.agree(net, prepare)
     else:
-        key = _Prepared.key(X, y, options)
+        key = _Prepared.key(net, X, y, options)
         if key is not None and net._prepared is not None and net._prepared.matches(key, X, y):
             kept = net._prepared
             cfg, data = kept.call()
@@ -224,11 +224,12 @@ class _Prepared:
     XOR fit spent three quarters of its 40 us there. Equal means the same options with values of
     the same types, and X and y of the same type, dtype, shape, strides and bytes, so a changed
     array is validated afresh. Only small, plain calls are kept: NumPy arrays of at most
-    SMALL_DATA bytes together, options whose values are numbers, strings or None (sample weights,
-    validation data, callbacks, optimiser and schedule objects, checkpoints and streaming are
-    validated every call). The
-    optimiser and schedule, which a run changes, are copied fresh for each call from their state
-    before the first run."""
+    SMALL_DATA bytes together, a network of at most SCRATCH_KEEP bytes of parameters (the kept
+    engine holds a few copies of them; a larger network's fit is long anyway), options whose
+    values are numbers, strings or None (sample weights, validation data, callbacks, optimiser
+    and schedule objects, checkpoints and streaming are validated every call). The optimiser and
+    schedule, which a run changes, are copied fresh for each call from their state before the
+    first run."""
 
     SMALL_DATA = 1 << 16
     _PLAIN = frozenset((bool, int, float, str, type(None)))
@@ -242,10 +243,10 @@ class _Prepared:
         self.data, self.engine = data, None  # the engine once the first call has built it
 
     @classmethod
-    def key(cls, X, y, options):
+    def key(cls, net, X, y, options):
         """What identifies a call, or None if the call is not one that is kept."""
         if (type(X) is not np.ndarray or type(y) is not np.ndarray
-                or X.nbytes + y.nbytes > cls.SMALL_DATA):
+                or X.nbytes + y.nbytes > cls.SMALL_DATA or net._params.nbytes > SCRATCH_KEEP):
             return None
         kinds = tuple(map(type, options.values()))
         if (not cls._PLAIN.issuperset(kinds) or options.get("checkpoint") is not None

@@ -394,6 +394,21 @@ def test_a_changed_array_or_option_is_validated_again():
     np.testing.assert_array_equal(kept._params, fresh._params)
 
 
+def test_large_data_or_networks_are_not_kept():
+    """What is kept holds copies of the data and the network's buffers: small ones only."""
+    from fastbp.engine import SCRATCH_KEEP
+    from fastbp.training import _Prepared
+    big_X = np.zeros((_Prepared.SMALL_DATA // 16 + 1, 2))
+    net, _ = _twins()
+    net.fit(big_X, np.arange(len(big_X)) % 2, epochs=1)
+    assert net._prepared is None
+    wide = fastbp.Network([2, SCRATCH_KEEP // 8, 1], activation="tanh", loss="bce")
+    wide.fit(XOR_X, XOR_Y, epochs=1)
+    assert wide._params.nbytes > SCRATCH_KEEP and wide._prepared is None
+    net.fit(XOR_X, XOR_Y, epochs=1)
+    assert net._prepared is not None
+
+
 def test_kept_arguments_are_not_pickled():
     import pickle
     net, _ = _twins()
