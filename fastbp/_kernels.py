@@ -383,6 +383,11 @@ def _gemm_sgd_step(weight, inp, dout, lr):
 @overload(_gemm_sgd_step)
 def _gemm_sgd_step_compiled(weight, inp, dout, lr):
     kind = ord("s") if weight.dtype == types.float32 else ord("d")
+    if not all(getattr(a, "layout", "") == "C" for a in (weight, inp, dout)):
+        # the gemm below reads rows of contiguous arrays; any other layout: the same step apart
+        def general(weight, inp, dout, lr):
+            weight -= lr * np.dot(inp.T, dout)
+        return general
 
     def impl(weight, inp, dout, lr):
         B, C = inp.shape
@@ -391,8 +396,10 @@ def _gemm_sgd_step_compiled(weight, inp, dout, lr):
         alpha[0] = -lr
         one = np.ones(1, weight.dtype)
         # row-major weight^T (OC, C) += alpha * dout^T (OC, B) @ inp (B, C), column-major terms
-        _xxgemm(kind, ord("n"), ord("t"), OC, C, B, alpha.ctypes, dout.ctypes, OC, inp.ctypes,
-                C, one.ctypes, weight.ctypes, OC)
+        status = _xxgemm(kind, ord("n"), ord("t"), OC, C, B, alpha.ctypes, dout.ctypes, OC,
+                         inp.ctypes, C, one.ctypes, weight.ctypes, OC)
+        if status != 0:
+            raise RuntimeError("BLAS gemm (SciPy's, through Numba) is not available")
     return impl
 
 
@@ -436,7 +443,8 @@ def dense_backward(dinp, dweight, dbias, dout, inp, weight, bias, out, act, use_
             _dweight_row(dweight, dout, inp, c)
     if sgd.shape[0] > 0:
         if not use_blas:
-            _sgd_step(weight.reshape(-1), dweight.reshape(-1), sgd[0])
+            for c in range(C):  # row by row: any strides
+                _sgd_step(weight[c], dweight[c], sgd[0])
         _sgd_step(bias, dbias, sgd[0])
 
 
