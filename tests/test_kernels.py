@@ -126,6 +126,7 @@ def test_dense_backward_with_sgd_step_matches_gradient_then_update(dtype, use_bl
     assert rel_err(b_new, b.astype(np.float64) - lr * dz.sum(axis=0)) < TOL[dtype]
 
 
+@pytest.mark.filterwarnings("ignore::numba.NumbaPerformanceWarning")  # strided on purpose
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_sgd_step_on_strided_arrays_matches_the_contiguous_one(dtype):
     """The step's one-gemm form reads contiguous rows; views with other strides (a caller's
