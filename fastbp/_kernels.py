@@ -11,14 +11,17 @@ Dimension legend (as in llm.c):
     N   samples in the training set, E epochs in one call
 
 Conventions: outputs come first, then inputs; a gradient buffer is its array's name with a ``d`` in
-front. A kernel reads only its arguments and allocates nothing: workspaces come from the caller.
+front. A kernel reads only its arguments and allocates no buffers: workspaces come from the
+caller (a few arrays of one to five elements hold the scalars of BLAS's alpha and beta and
+Adam's step).
 
 Thread safety and reproducibility: every ``prange`` loop gives each iteration its own output
 elements (rows of ``out`` and ``dinp``, rows of ``dweight``, blocks of ``dbias``, elements of the
 parameter buffer), and every sum runs in a fixed order inside one iteration. No two threads write
 the same element and no reduction order depends on the thread count, so results are bit-identical
-for any number of Numba threads. BLAS (``np.dot`` with ``out``) is only ever called outside
-``prange``; the Python layer decides how many threads BLAS may use (see ``_threads.py``).
+for any number of Numba threads. BLAS (``np.dot`` with ``out``, and the gemm of plain SGD's step,
+``_gemm_sgd_step``) is only ever called outside ``prange``; the Python layer decides how many
+threads BLAS may use (see ``_threads.py``).
 """
 import numpy as np
 from numba import njit, prange, types
