@@ -320,9 +320,8 @@ def _dbias_block(dbias, dout, k):
 @njit(parallel=True, cache=True)
 def delta_and_dbias(dbias, dout, out, act):
     """dout (B, OC) = dL/d(out) in, dL/dz out for out = act(z) (B, OC), in place (ACT_IDENTITY
-    leaves it), and dbias (OC,) = its sum over rows, rows in order. Small layers: one flat
-    pass, then the rows added whole; large ones: blocks of rows, then blocks of columns, in
-    parallel, with one writer per element."""
+    leaves it), and dbias (OC,) = its sum over rows, rows in order: blocks of rows, then blocks of
+    columns, in parallel for large layers, with one writer per element."""
     B, OC = dout.shape
     if _parallel(B * OC):
         for k in prange((B + ROW_BLOCK - 1) // ROW_BLOCK):
@@ -331,19 +330,8 @@ def delta_and_dbias(dbias, dout, out, act):
             _dbias_block(dbias, dout, np.int64(k))
     else:
         _act_grad_rows(dout, out, act, 0, B)
-        _dbias_rows(dbias, dout)
-
-
-@njit(cache=True)
-def _dbias_rows(dbias, dout):
-    """dbias (OC,) = the sum over rows of dout (B, OC), rows in order, whole rows at a time."""
-    first = dout[0]
-    for o in range(dbias.shape[0]):
-        dbias[o] = first[o]
-    for b in range(1, dout.shape[0]):
-        row = dout[b]
-        for o in range(dbias.shape[0]):
-            dbias[o] += row[o]
+        for k in range((OC + BIAS_BLOCK - 1) // BIAS_BLOCK):
+            _dbias_block(dbias, dout, k)
 
 
 @njit(cache=True)
@@ -387,10 +375,7 @@ def _gemm_sgd_step(weight, inp, dout, lr):
 def _gemm_sgd_step_compiled(weight, inp, dout, lr):
     kind = ord("s") if weight.dtype == types.float32 else ord("d")
     if not all(getattr(a, "layout", "") == "C" for a in (weight, inp, dout)):
-        # the gemm below reads rows of contiguous arrays; any other layout: the same step apart
-        def general(weight, inp, dout, lr):
-            weight -= lr * np.dot(inp.T, dout)
-        return general
+        return _gemm_sgd_step  # the gemm below reads contiguous rows; else the plain form above
 
     def impl(weight, inp, dout, lr):
         B, C = inp.shape

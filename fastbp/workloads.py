@@ -56,7 +56,7 @@ def _grid():
 def _grid_samples(sizes, batch, flops_per_epoch=2e9):
     """Rows for a grid point: whole batches, about ``flops_per_epoch`` training FLOPs (so every
     point takes milliseconds, not minutes, per epoch), between 1 and 64 batches."""
-    per_batch = 6 * _weights(sizes) * batch
+    per_batch = _flops(sizes, batch)
     return batch * int(min(64, max(1, flops_per_epoch // per_batch)))
 
 
@@ -85,13 +85,14 @@ def _weights(sizes):
     return sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
-def n_weights(name):
-    return _weights(get(name).sizes)
+def _flops(sizes, samples):
+    """6 x weights x samples: 2 for the forward matmuls, 4 for the two backward ones."""
+    return 6 * _weights(sizes) * samples
 
 
 def training_flops(name, samples):
-    """6 x weights x samples: 2 for the forward matmuls, 4 for the two backward ones."""
-    return 6 * n_weights(name) * samples
+    """Training FLOPs of workload ``name`` over ``samples`` rows (``_flops``)."""
+    return _flops(get(name).sizes, samples)
 
 
 GRID = _grid()  # name -> (Workload, dtype): the grid points G01..G30
