@@ -1042,6 +1042,17 @@ def weight_sum(SW, index, start, stop):
 
 
 @njit(cache=True)
+def _first_of_run(index, start, stop):
+    """index[start] if index[start:stop] are consecutive rows (index[start] + 0, 1, ...), else
+    -1."""
+    first = index[start]
+    for b in range(start + 1, stop):
+        if index[b] != first + (b - start):
+            return -1
+    return first
+
+
+@njit(cache=True)
 def _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts,
                             use_blas, loss, inp_buf, tgt_buf, act_buf, delta_buf, row_loss,
                             correct, sgd):
@@ -1052,13 +1063,20 @@ def _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, lay
     B = stop - start
     # Xs None (dense input): the sparse branches below are pruned before typing, so a dense fit
     # never compiles the sparse kernels (`Xs is not None` must be the test itself for that)
+    first = -1
+    if Xs is None:
+        first = _first_of_run(index, start, stop)
     C0 = X.shape[1]
-    if Xs is not None:
-        C0 = 0  # sparse: only the targets are gathered
+    if Xs is not None or first >= 0:
+        C0 = 0  # sparse, or rows read in place: only the targets are gathered
     T = Y.shape[1]
     inp = inp_buf[:B * C0].reshape((B, C0))
     tgt = tgt_buf[:B * T].reshape((B, T))
     gather_rows(inp, tgt, X, Y, index, start)
+    if first >= 0:
+        # consecutive rows (an epoch in order) are read where they are: the copy cost a W2 step
+        # 7% (33 of 440 us)
+        inp = X[first:first + B]
     if Xs is not None:
         sparse_network_forward(act_buf, params, Xs, index, start, B, layout, acts, use_blas)
     else:
@@ -1242,21 +1260,41 @@ def batch_gradients(grads, params, X, Xs, Y, SW, index, start, stop, layout, act
     SW (N,): sample weights (the weighted mean, as scikit-learn), or (0,) for none. l2 (2,):
     scikit-learn's alpha penalty, biases excluded: l2[0] * W / (sum of the batch's weights) is
     added to the weight gradients and 0.5 * l2[1] * sum(W^2) / (that sum) to the loss (the two
-    differ only where the loss is reported in other units than its gradient); zeros for none.
-    Networks with a layer large enough for BLAS go through the per-layer kernels (the batch
-    gathered into inp_buf / tgt_buf; act_buf, delta_buf and row_loss workspaces for at least
-    stop - start rows); networks too small for BLAS, with dense input, through one fused loop.
+    differ only where the loss is reported in other units than its gradient); zeros or None
+    for none. use_blas (L,): per-layer flags for the per-layer kernels (the batch gathered into
+    inp_buf / tgt_buf; act_buf, delta_buf and row_loss workspaces for at least stop - start rows),
+    or None for a network too small for BLAS with dense input, run by one fused loop (see
+    ``layers_or_fused``). These Nones are types, not values: the branch not taken is pruned before typing,
+    so a call compiles only the path it runs (a first fit's compile is seconds shorter).
     correct (1,): the batch's correctly classified rows are added to it (bce and cross-entropy;
     see count_correct).
     """
-    if use_blas.any() or Xs is not None:
+    if use_blas is None:
+        value = _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, acts,
+                                       loss, act_buf, delta_buf, correct, params[:0])
+    else:
         value = _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, layout,
                                         acts, use_blas, loss, inp_buf, tgt_buf, act_buf,
                                         delta_buf, row_loss, correct, params[:0])
-    else:
-        value = _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, acts,
-                                       loss, act_buf, delta_buf, correct, params[:0])
+    if l2 is None:
+        return value
     return _with_l2(value, grads, params, layout, SW, index, start, stop, l2)
+
+
+def layers_or_fused(use_blas, Xs):
+    """use_blas as ``batch_gradients`` takes it: None (the fused loop) for a network with no BLAS
+    layer on dense input."""
+    return None if Xs is None and not use_blas.any() else use_blas
+
+
+def plan(use_blas, Xs, opt, hyper, l2):
+    """(use_blas, hyper, l2) as ``train_epochs`` takes them, each None where it picks a path:
+    use_blas for the fused loop (``layers_or_fused``), hyper for plain SGD stepped in the
+    backward pass, l2 for no penalty."""
+    plain = (Xs is None and opt == OPT_SGD and hyper[H_MOMENTUM] == 0
+             and hyper[H_WEIGHT_DECAY] == 0 and l2[0] == 0)
+    return (layers_or_fused(use_blas, Xs), None if plain else hyper,
+            None if l2[0] == 0 else l2)
 
 
 @njit(cache=True)
@@ -1274,7 +1312,12 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, rn
                  inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct, backup):
     """Minibatch training for E = epoch_loss.shape[0] epochs, all inside compiled code.
 
-    X (M, C_0), Xs, Y (M, T), SW (M,) or (0,) as for ``batch_gradients``; order (E or 1, N) holds each
+    X (M, C_0), Xs, Y (M, T), SW (M,) or (0,), use_blas and l2 as for ``batch_gradients``; hyper
+    None for plain SGD (no momentum, weight decay or L2, dense input), whose step is taken in the
+    backward pass, each BLAS layer's weight by one gemm with no gradient written out (a separate
+    update pass over a wide layer's weights cost as much as its gradient's gemm), XOR-sized
+    networks at the end of the fused loop (the optimiser's calls cost them 15%); ``plan`` makes
+    these choices. order (E or 1, N) holds each
     epoch's sample order (one row reused when there is no shuffling; N < M when the caller splits
     an epoch over calls), or, when rng (2 * _pcg.N_WORDS,) holds a generator's state words
     (``_pcg.words``) then room for a copy, one row into which each epoch's order is drawn here,
@@ -1293,13 +1336,6 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, rn
     """
     N = order.shape[1]
     E = epoch_loss.shape[0]
-    fused = not use_blas.any() and Xs is None
-    # Plain SGD (no momentum, weight decay or L2) on dense input: the step is taken in the
-    # backward pass, each BLAS layer's weight by one gemm with no gradient written out (a separate
-    # update pass over a wide layer's weights cost as much as its gradient's gemm), XOR-sized
-    # networks at the end of the fused loop (the optimiser's calls cost them 15%).
-    sgd_in_backward = (Xs is None and opt == OPT_SGD and hyper[H_MOMENTUM] == 0
-                       and hyper[H_WEIGHT_DECAY] == 0 and l2[0] == 0)
     weighted = SW.shape[0] > 0
     shuffled = rng.shape[0] > 0
     W = _pcg.N_WORDS
@@ -1312,7 +1348,7 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, rn
             copy(rng[W:], rng[:W])  # the epoch's start
             _pcg.permutation(rng[:W], order[0])
         index = order[e % order.shape[0]]
-        sgd = lrs[e:e + 1] if sgd_in_backward else lrs[:0]
+        sgd = lrs[e:e + 1] if hyper is None else lrs[:0]
         total = epoch_loss[e, 0]  # a running sum carried in: an epoch split over calls adds alike
         correct[0] = epoch_loss[e, 1]
         ok = True
@@ -1322,8 +1358,8 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, rn
             # update, no step), as its rows would add nothing to a larger batch's mean either.
             if weighted and weight_sum(SW, index, start, stop) == 0:
                 continue
-            # batch_gradients' choice, made once per call: at XOR size even its dispatch shows
-            if fused:
+            # batch_gradients' choice (at XOR size even its dispatch shows)
+            if use_blas is None:
                 value = _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop,
                                                layout, acts, loss, act_buf, delta_buf, correct,
                                                sgd)
@@ -1331,14 +1367,14 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, rn
                 value = _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop,
                                                 layout, acts, use_blas, loss, inp_buf, tgt_buf,
                                                 act_buf, delta_buf, row_loss, correct, sgd)
-            if l2[0] != 0:
+            if l2 is not None:
                 value = _with_l2(value, grads, params, layout, SW, index, start, stop, l2)
             if not np.isfinite(value):
                 ok = False
                 break
             total += value * (stop - start)
             t += 1
-            if not sgd_in_backward:
+            if hyper is not None:
                 optimizer_update(params, state, grads, opt, lrs[e], hyper, t)
         if ok:
             ok = all_finite(params)
@@ -1356,8 +1392,8 @@ def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, rn
 
 
 @njit(cache=True)
-def evaluate(out, row_loss, params, X, Xs, index, Y, layout, acts, use_blas, loss, inp_buf,
-             act_buf, with_loss):
+def evaluate(out, row_loss, params, X, Xs, index, Y, layout, acts, use_blas, loss, act_buf,
+             with_loss):
     """Forward X (N, C_0) in chunks of row_loss.shape[0] rows.
 
     Writes the output activation (probabilities, or the identity output for mse) into out (N, OC)
@@ -1374,11 +1410,7 @@ def evaluate(out, row_loss, params, X, Xs, index, Y, layout, acts, use_blas, los
         if Xs is not None:
             sparse_network_forward(act_buf, params, Xs, index, start, B, layout, acts, use_blas)
         else:
-            inp = inp_buf[:B * C0].reshape((B, C0))
-            for b in range(B):
-                for c in range(C0):
-                    inp[b, c] = X[start + b, c]
-            network_forward(act_buf, params, inp, layout, acts, use_blas)
+            network_forward(act_buf, params, X[start:start + B], layout, acts, use_blas)
         logits = activation_view(act_buf, layout, B, L - 1)
         if with_loss:
             total += loss_forward(row_loss[:B], logits, Y[start:start + B], loss) * B

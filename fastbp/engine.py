@@ -96,6 +96,7 @@ class Engine:
         self._step = np.zeros(1, np.int64)  # the step count, in and out of the compiled loop
         self.l2 = np.array(l2, dtype=np.float64)
         self.hyper = state.optimizer.hyper(net.dtype)
+        self.plan = K.plan(self.use_blas, data.Xs, state.optimizer.code, self.hyper, self.l2)
         if reducer is not None:
             # the gradient's weighted sum, then the loss's, the weight sum, the row count and the
             # rows classified right
@@ -137,8 +138,9 @@ class Engine:
         if self.backup is None:
             self.backup = np.empty(self._backup_size, net.dtype)
             # the arguments that stay the same from call to call (a 1-epoch fit is short)
-            self._fixed = (net._layout, net._acts, self.use_blas, net._loss.code, d.batch,
-                           opt.code, self.hyper, self.l2, *self.ws, self.backup)
+            use_blas, hyper, l2 = self.plan
+            self._fixed = (net._layout, net._acts, use_blas, net._loss.code, d.batch, opt.code,
+                           hyper, l2, *self.ws, self.backup)
         losses = np.zeros((len(lrs), 2))
         step = self._step
         step[0] = opt.step
@@ -205,11 +207,11 @@ class Engine:
         X, Xs, Y, SW, index, _ = block
         d, opt = self.data, self.state.optimizer
         step = np.array([opt.step], dtype=np.int64)
+        use_blas, hyper, l2 = self.plan
         done = K.train_epochs(self.net._params, opt.state, step, self.grads, total, X, Xs, Y, SW,
                               np.ascontiguousarray(index)[None, :], self.no_rng, lrs,
-                              self.net._layout,
-                              self.net._acts, self.use_blas, self.net._loss.code, d.batch,
-                              opt.code, self.hyper, self.l2, *self.ws, self.no_backup)
+                              self.net._layout, self.net._acts, use_blas, self.net._loss.code,
+                              d.batch, opt.code, hyper, l2, *self.ws, self.no_backup)
         opt.step = int(step[0])
         return bool(done)
 
@@ -245,8 +247,8 @@ class Engine:
         correct = self.ws[-1]
         correct[0] = 0
         value = K.batch_gradients(self.grads, self.net._params, X, Xs, Y, SW, index, start, stop,
-                                  self.net._layout, self.net._acts, self.use_blas,
-                                  self.net._loss.code, np.zeros(2), *self.ws)
+                                  self.net._layout, self.net._acts, self.plan[0],
+                                  self.net._loss.code, None, *self.ws)
         np.multiply(self.grads, weight, out=buf[:P])
         buf[P], buf[P + 1], buf[P + 2], buf[P + 3] = value * weight, weight, b, correct[0]
 
@@ -290,9 +292,9 @@ class FullBatch:
             self.X, self.Xs = X, None  # dense: see _kernels.batch_gradients
         self.index = np.arange(n, dtype=np.int64)
         self.use_blas = net._use_blas(n)
+        self.path = K.layers_or_fused(self.use_blas, self.Xs)
         self.ws = workspaces(net, n, Y.shape[1])
         self.grads = np.empty_like(net._params)
-        self.no_l2 = np.zeros(2)
 
     def threads(self):
         return _threads.compute(self.use_blas.any())
@@ -302,8 +304,8 @@ class FullBatch:
         computed when the loss is not finite."""
         net = self.net
         value = K.batch_gradients(self.grads, net._params, self.X, self.Xs, self.Y, self.SW,
-                                  self.index, 0, self.index.shape[0], net._layout, net._acts, self.use_blas,
-                                  net._loss.code, self.no_l2, *self.ws)
+                                  self.index, 0, self.index.shape[0], net._layout, net._acts,
+                                  self.path, net._loss.code, None, *self.ws)
         return value, self.grads
 
 
@@ -321,7 +323,10 @@ def precompile(dtypes=("float32", "float64")):
             X = rng.standard_normal((64, sizes[0])).astype(dtype)
             y = rng.integers(0, 2, 64)
             net = Network(sizes, seed=0, dtype=dtype)
+            # train_epochs compiles per path: plain SGD, an optimiser, an optimiser with the
+            # estimators' L2 penalty (see _kernels.plan)
             net.fit(X, y, epochs=1, batch_size=64, validation_data=(X, y), optimizer="adam")
+            net.fit(X, y, epochs=1, batch_size=64, optimizer="adam", l2=(1e-4, 1e-4))
             net.fit(X, y, epochs=1, batch_size=64)
             net.predict(X)
             net.gradients(X, y)

@@ -228,7 +228,7 @@ class Network:
     def _evaluate(self, X, Y=None, check_finite=True):
         n = X.shape[0]
         rows = min(n, EVAL_CHUNK)
-        inp_buf, _, act_buf, _, row_loss, _ = workspaces(self, rows, 0)
+        _, _, act_buf, _, row_loss, _ = workspaces(self, rows, 0)
         out = np.empty((n, self.sizes[-1]), self.dtype)
         use_blas = self._use_blas(rows)
         if isinstance(X, check.Sparse):
@@ -238,7 +238,7 @@ class Network:
         with _threads.compute(use_blas.any()):
             value = K.evaluate(out, row_loss, self._params, Xd, Xs, index,
                                out if Y is None else Y, self._layout, self._acts, use_blas,
-                               self._loss.code, inp_buf, act_buf, Y is not None)
+                               self._loss.code, act_buf, Y is not None)
         if check_finite and not (np.isfinite(value) and K.all_finite(out.reshape(-1))):
             big = float(np.abs(X.data if isinstance(X, check.Sparse) else X).max())
             raise ValueError(

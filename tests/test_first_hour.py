@@ -168,6 +168,36 @@ def test_a_first_compile_shows_a_notice_and_a_cached_start_does_not(tmp_path):
     assert "compiling" not in warm.stderr
 
 
+COMMON_FITS = """
+import numpy as np, fastbp
+from fastbp.sklearn import MLPClassifier
+rng = np.random.default_rng(0)
+for dtype in (np.float64,):  # one dtype: the paths are the same for both
+    for sizes in ([2, 4, 1], [30, 64, 3]):  # the fused loop and the per-layer kernels
+        X = rng.standard_normal((96, sizes[0])).astype(dtype)
+        y = rng.integers(0, 2 if sizes[-1] == 1 else 3, 96)
+        loss = "bce" if sizes[-1] == 1 else "cross_entropy"
+        net = fastbp.Network(sizes, loss=loss, dtype=dtype)
+        net.fit(X, y, epochs=2)
+        net.fit(X, y, epochs=2, optimizer="adam")
+        net.predict(X)
+        for solver in ("adam", "sgd"):
+            MLPClassifier((sizes[1],), solver=solver, max_iter=2).fit(X, y)
+"""
+
+
+def test_after_precompile_common_fits_compile_nothing(tmp_path):
+    """``fastbp.precompile`` compiles every path a common fit takes (train_epochs compiles one
+    per plan: the fused loop or the per-layer kernels, plain SGD, an optimiser, the estimators'
+    L2), so that the next process shows no compile notice."""
+    env = dict(NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONWARNINGS="ignore")
+    pre = _run("import fastbp; fastbp.precompile(('float64',))", **env)
+    assert pre.returncode == 0, pre.stderr[-2000:]
+    run = _run(COMMON_FITS, **env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "compiling" not in run.stderr
+
+
 def test_precompile_readies_every_dtype():
     seconds = fastbp.precompile(("float64",))
     assert set(seconds) == {"float64"} and seconds["float64"] >= 0
