@@ -1247,54 +1247,56 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
     return value
 
 
-@njit(cache=True)
-def batch_gradients(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts, use_blas,
-                    loss, l2, inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct):
-    """grads (P,) = the gradient of the mean loss over the rows index[start:stop] of X (N, C_0),
-    Y (N, T); returns that mean loss. After a non-finite loss grads are not to be used.
+def _batch_gradients(fused):
+    """batch_gradients for networks run by the fused loop (fused True) or by the per-layer
+    kernels (see BATCH_GRADIENTS)."""
+    @njit(cache=True)
+    def batch_gradients(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts, use_blas,
+                        loss, l2, inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct):
+        """grads (P,) = the gradient of the mean loss over the rows index[start:stop] of X
+        (N, C_0), Y (N, T); returns that mean loss. After a non-finite loss grads are not to be
+        used.
 
-    Xs: X in CSR form (data (nnz,), indices (nnz,), indptr (N + 1,)) for sparse input, X then an
-    empty (0, C_0) array; None for dense input, so that the sparse branches are pruned when the
-    kernels compile and a dense fit never compiles the sparse kernels.
+        Xs: X in CSR form (data (nnz,), indices (nnz,), indptr (N + 1,)) for sparse input, X
+        then an empty (0, C_0) array; None for dense input, so that the sparse branches are
+        pruned when the kernels compile and a dense fit never compiles the sparse kernels.
 
-    SW (N,): sample weights (the weighted mean, as scikit-learn), or (0,) for none. l2 (2,):
-    scikit-learn's alpha penalty, biases excluded: l2[0] * W / (sum of the batch's weights) is
-    added to the weight gradients and 0.5 * l2[1] * sum(W^2) / (that sum) to the loss (the two
-    differ only where the loss is reported in other units than its gradient); zeros or None
-    for none. use_blas (L,): per-layer flags for the per-layer kernels (the batch gathered into
-    inp_buf / tgt_buf; act_buf, delta_buf and row_loss workspaces for at least stop - start rows),
-    or None for a network too small for BLAS with dense input, run by one fused loop (see
-    ``layers_or_fused``). These Nones are types, not values: the branch not taken is pruned before typing,
-    so a call compiles only the path it runs (a first fit's compile is seconds shorter).
-    correct (1,): the batch's correctly classified rows are added to it (bce and cross-entropy;
-    see count_correct).
-    """
-    if use_blas is None:
-        value = _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, acts,
-                                       loss, act_buf, delta_buf, correct, params[:0])
-    else:
-        value = _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, layout,
-                                        acts, use_blas, loss, inp_buf, tgt_buf, act_buf,
-                                        delta_buf, row_loss, correct, params[:0])
-    if l2 is None:
-        return value
-    return _with_l2(value, grads, params, layout, SW, index, start, stop, l2)
+        SW (N,): sample weights (the weighted mean, as scikit-learn), or (0,) for none. l2 (2,):
+        scikit-learn's alpha penalty, biases excluded: l2[0] * W / (sum of the batch's weights)
+        is added to the weight gradients and 0.5 * l2[1] * sum(W^2) / (that sum) to the loss
+        (the two differ only where the loss is reported in other units than its gradient);
+        zeros, or None (pruned alike), for none. Per-layer kernels (``fused`` False): use_blas
+        (L,) per-layer flags, the batch gathered into inp_buf / tgt_buf (or read in place when
+        its rows are consecutive), act_buf, delta_buf and row_loss workspaces for at least
+        stop - start rows. The fused loop (``fused`` True): networks too small for BLAS, dense
+        input. correct (1,): the batch's correctly classified rows are added to it (bce and
+        cross-entropy; see count_correct).
+        """
+        if fused:
+            value = _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout,
+                                           acts, loss, act_buf, delta_buf, correct, params[:0])
+        else:
+            value = _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop,
+                                            layout, acts, use_blas, loss, inp_buf, tgt_buf,
+                                            act_buf, delta_buf, row_loss, correct, params[:0])
+        if l2 is None:
+            return value
+        return _with_l2(value, grads, params, layout, SW, index, start, stop, l2)
+    return batch_gradients
 
 
-def layers_or_fused(use_blas, Xs):
-    """use_blas as ``batch_gradients`` takes it: None (the fused loop) for a network with no BLAS
-    layer on dense input."""
-    return None if Xs is None and not use_blas.any() else use_blas
+def fused_loop(use_blas, Xs):
+    """Whether a network is run by the fused loop: no layer large enough for BLAS, dense input."""
+    return Xs is None and not use_blas.any()
 
 
 def plan(use_blas, Xs, opt, hyper, l2):
-    """(use_blas, hyper, l2) as ``train_epochs`` takes them, each None where it picks a path:
-    use_blas for the fused loop (``layers_or_fused``), hyper for plain SGD stepped in the
-    backward pass, l2 for no penalty."""
+    """(fused, hyper, l2) for ``TRAIN_EPOCHS``: fused as ``fused_loop``; hyper None for plain SGD
+    (no momentum, weight decay or L2, dense input), stepped in the backward pass; l2 None for no
+    penalty."""
     plain = (Xs is None and opt == OPT_SGD and hyper[H_MOMENTUM] == 0
              and hyper[H_WEIGHT_DECAY] == 0 and l2[0] == 0)
-    return (layers_or_fused(use_blas, Xs), None if plain else hyper,
-            None if l2[0] == 0 else l2)
+    return fused_loop(use_blas, Xs), None if plain else hyper, None if l2[0] == 0 else l2
 
 
 @njit(cache=True)
@@ -1306,89 +1308,101 @@ def _with_l2(value, grads, params, layout, SW, index, start, stop, l2):
     return value + l2_penalty(grads, params, layout, l2[0] / wsum) * (l2[1] / l2[0])
 
 
-@njit(cache=True)
-def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, rng, lrs, layout,
-                 acts, use_blas, loss, batch_size, opt, hyper, l2,
-                 inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct, backup):
-    """Minibatch training for E = epoch_loss.shape[0] epochs, all inside compiled code.
+def _train_epochs(fused):
+    """train_epochs for networks run by the fused loop (fused True) or by the per-layer kernels
+    (see TRAIN_EPOCHS)."""
+    @njit(cache=True)
+    def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, rng, lrs,
+                     layout, acts, use_blas, loss, batch_size, opt, hyper, l2,
+                     inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct, backup):
+        """Minibatch training for E = epoch_loss.shape[0] epochs, all inside compiled code.
 
-    X (M, C_0), Xs, Y (M, T), SW (M,) or (0,), use_blas and l2 as for ``batch_gradients``; hyper
-    None for plain SGD (no momentum, weight decay or L2, dense input), whose step is taken in the
-    backward pass, each BLAS layer's weight by one gemm with no gradient written out (a separate
-    update pass over a wide layer's weights cost as much as its gradient's gemm), XOR-sized
-    networks at the end of the fused loop (the optimiser's calls cost them 15%); ``plan`` makes
-    these choices. order (E or 1, N) holds each
-    epoch's sample order (one row reused when there is no shuffling; N < M when the caller splits
-    an epoch over calls), or, when rng (2 * _pcg.N_WORDS,) holds a generator's state words
-    (``_pcg.words``) then room for a copy, one row into which each epoch's order is drawn here,
-    ``rng.permutation(N)`` as NumPy draws it (rng is (0,) otherwise); lrs (E,) each epoch's
-    learning rate. params, state (see
-    ``optimizer_update``), grads (P,) and step (1,), the count of updates so far, change in place;
-    epoch_loss (E, 2) gets each epoch's sum of batch losses times batch lengths, and its count of
-    correctly classified rows (before each batch's update), added to the values it holds on entry
-    (0, or the sums so far of an epoch split over calls). Workspaces: as for ``batch_gradients``
-    with batch_size rows, and backup (P + state size,), or (0,) when the caller keeps its own
-    backup (an epoch split over calls): then a diverging epoch is not restored here.
+        X (M, C_0), Xs, Y (M, T), SW (M,) or (0,), use_blas and l2 as for ``batch_gradients``;
+        hyper None for plain SGD (no momentum, weight decay or L2, dense input), whose step is
+        taken in the backward pass, each BLAS layer's weight by one gemm with no gradient written
+        out (a separate update pass over a wide layer's weights cost as much as its gradient's
+        gemm), XOR-sized networks at the end of the fused loop (the optimiser's calls cost them
+        15%); ``plan`` makes these choices. order (E or 1, N) holds each epoch's sample order
+        (one row reused when there is no shuffling; N < M when the caller splits an epoch over
+        calls), or, when rng (2 * _pcg.N_WORDS,) holds a generator's state words (``_pcg.words``)
+        then room for a copy, one row into which each epoch's order is drawn here,
+        ``rng.permutation(N)`` as NumPy draws it (rng is (0,) otherwise); lrs (E,) each epoch's
+        learning rate. params, state (see ``optimizer_update``), grads (P,) and step (1,), the
+        count of updates so far, change in place; epoch_loss (E, 2) gets each epoch's sum of
+        batch losses times batch lengths, and its count of correctly classified rows (before each
+        batch's update), added to the values it holds on entry (0, or the sums so far of an epoch
+        split over calls). Workspaces: as for ``batch_gradients`` with batch_size rows, and
+        backup (P + state size,), or (0,) when the caller keeps its own backup (an epoch split
+        over calls): then a diverging epoch is not restored here.
 
-    Returns the number of epochs completed. Fewer than E means the loss or a parameter went
-    non-finite in the next epoch; params, state, step and rng are then restored to their values at
-    that epoch's start.
-    """
-    N = order.shape[1]
-    E = epoch_loss.shape[0]
-    weighted = SW.shape[0] > 0
-    shuffled = rng.shape[0] > 0
-    W = _pcg.N_WORDS
-    t = step[0]
-    for e in range(E):
-        if backup.shape[0] > 0:
-            save_state(backup, params, state)
-        t0 = t
-        if shuffled:
-            copy(rng[W:], rng[:W])  # the epoch's start
-            _pcg.permutation(rng[:W], order[0])
-        index = order[e % order.shape[0]]
-        sgd = lrs[e:e + 1] if hyper is None else lrs[:0]
-        total = epoch_loss[e, 0]  # a running sum carried in: an epoch split over calls adds alike
-        correct[0] = epoch_loss[e, 1]
-        ok = True
-        for start in range(0, N, batch_size):
-            stop = min(N, start + batch_size)
-            # A batch whose sample weights sum to 0 has no weighted mean: it is skipped (no
-            # update, no step), as its rows would add nothing to a larger batch's mean either.
-            if weighted and weight_sum(SW, index, start, stop) == 0:
-                continue
-            # batch_gradients' choice (at XOR size even its dispatch shows)
-            if use_blas is None:
-                value = _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop,
-                                               layout, acts, loss, act_buf, delta_buf, correct,
-                                               sgd)
-            else:
-                value = _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop,
-                                                layout, acts, use_blas, loss, inp_buf, tgt_buf,
-                                                act_buf, delta_buf, row_loss, correct, sgd)
-            if l2 is not None:
-                value = _with_l2(value, grads, params, layout, SW, index, start, stop, l2)
-            if not np.isfinite(value):
-                ok = False
-                break
-            total += value * (stop - start)
-            t += 1
-            if hyper is not None:
-                optimizer_update(params, state, grads, opt, lrs[e], hyper, t)
-        if ok:
-            ok = all_finite(params)
-        if not ok:
+        Returns the number of epochs completed. Fewer than E means the loss or a parameter went
+        non-finite in the next epoch; params, state, step and rng are then restored to their
+        values at that epoch's start.
+        """
+        N = order.shape[1]
+        E = epoch_loss.shape[0]
+        weighted = SW.shape[0] > 0
+        shuffled = rng.shape[0] > 0
+        W = _pcg.N_WORDS
+        t = step[0]
+        for e in range(E):
             if backup.shape[0] > 0:
-                restore_state(params, state, backup)
+                save_state(backup, params, state)
+            t0 = t
             if shuffled:
-                copy(rng[:W], rng[W:])
-            step[0] = t0
-            return e
-        epoch_loss[e, 0] = total
-        epoch_loss[e, 1] = correct[0]
-    step[0] = t
-    return E
+                copy(rng[W:], rng[:W])  # the epoch's start
+                _pcg.permutation(rng[:W], order[0])
+            index = order[e % order.shape[0]]
+            sgd = lrs[e:e + 1] if hyper is None else lrs[:0]
+            total = epoch_loss[e, 0]  # a running sum carried in: an epoch split over calls adds alike
+            correct[0] = epoch_loss[e, 1]
+            ok = True
+            for start in range(0, N, batch_size):
+                stop = min(N, start + batch_size)
+                # A batch whose sample weights sum to 0 has no weighted mean: it is skipped (no
+                # update, no step), as its rows would add nothing to a larger batch's mean either.
+                if weighted and weight_sum(SW, index, start, stop) == 0:
+                    continue
+                # batch_gradients' choice (at XOR size even its dispatch shows)
+                if fused:
+                    value = _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop,
+                                                   layout, acts, loss, act_buf, delta_buf, correct,
+                                                   sgd)
+                else:
+                    value = _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop,
+                                                    layout, acts, use_blas, loss, inp_buf, tgt_buf,
+                                                    act_buf, delta_buf, row_loss, correct, sgd)
+                if l2 is not None:
+                    value = _with_l2(value, grads, params, layout, SW, index, start, stop, l2)
+                if not np.isfinite(value):
+                    ok = False
+                    break
+                total += value * (stop - start)
+                t += 1
+                if hyper is not None:
+                    optimizer_update(params, state, grads, opt, lrs[e], hyper, t)
+            if ok:
+                ok = all_finite(params)
+            if not ok:
+                if backup.shape[0] > 0:
+                    restore_state(params, state, backup)
+                if shuffled:
+                    copy(rng[:W], rng[W:])
+                step[0] = t0
+                return e
+            epoch_loss[e, 0] = total
+            epoch_loss[e, 1] = correct[0]
+        step[0] = t
+        return E
+    return train_epochs
+
+
+# One definition of each driver, compiled as two functions: ``fused`` is a constant of each
+# closure, so the path not taken is pruned before typing and a first fit compiles only its own
+# (an XOR-sized fit no per-layer kernels, a larger one no fused loop: seconds of a cold start).
+# Indexed by fused_loop(...).
+BATCH_GRADIENTS = (_batch_gradients(False), _batch_gradients(True))
+TRAIN_EPOCHS = (_train_epochs(False), _train_epochs(True))
 
 
 @njit(cache=True)

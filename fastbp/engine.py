@@ -1,7 +1,7 @@
 """The engine of a training run: workspaces, the thread split, backup/restore/divergence, and the
 two ways of stepping through an epoch.
 
-- ``run_epochs``: the compiled fast path, many whole epochs in one call (``_kernels.train_epochs``).
+- ``run_epochs``: the compiled fast path, many whole epochs in one call (``_kernels.TRAIN_EPOCHS``).
 - ``epoch``: one epoch as blocks of rows (the whole data in memory, or one streamed chunk at a
   time). On one process each block goes through the compiled loop. With a ``reducer`` (MPI) each
   step is ``gradient`` (this rank's rows), then ``reducer.sum`` (the weighted sums of all ranks),
@@ -138,9 +138,10 @@ class Engine:
         if self.backup is None:
             self.backup = np.empty(self._backup_size, net.dtype)
             # the arguments that stay the same from call to call (a 1-epoch fit is short)
-            use_blas, hyper, l2 = self.plan
-            self._fixed = (net._layout, net._acts, use_blas, net._loss.code, d.batch, opt.code,
-                           hyper, l2, *self.ws, self.backup)
+            fused, hyper, l2 = self.plan
+            self._train = K.TRAIN_EPOCHS[fused]
+            self._fixed = (net._layout, net._acts, self.use_blas, net._loss.code, d.batch,
+                           opt.code, hyper, l2, *self.ws, self.backup)
         losses = np.zeros((len(lrs), 2))
         step = self._step
         step[0] = opt.step
@@ -148,8 +149,8 @@ class Engine:
         if rng is not None:
             words = self.rng_words
             _pcg.load(rng, words)
-        done = K.train_epochs(net._params, opt.state, step, self.grads, losses, d.X, d.Xs, d.Y,
-                              d.SW, order, words, lrs, *self._fixed)
+        done = self._train(net._params, opt.state, step, self.grads, losses, d.X, d.Xs, d.Y,
+                           d.SW, order, words, lrs, *self._fixed)
         if rng is not None:
             _pcg.store(rng, words)
         opt.step = int(step[0])
@@ -207,11 +208,12 @@ class Engine:
         X, Xs, Y, SW, index, _ = block
         d, opt = self.data, self.state.optimizer
         step = np.array([opt.step], dtype=np.int64)
-        use_blas, hyper, l2 = self.plan
-        done = K.train_epochs(self.net._params, opt.state, step, self.grads, total, X, Xs, Y, SW,
-                              np.ascontiguousarray(index)[None, :], self.no_rng, lrs,
-                              self.net._layout, self.net._acts, use_blas, self.net._loss.code,
-                              d.batch, opt.code, hyper, l2, *self.ws, self.no_backup)
+        fused, hyper, l2 = self.plan
+        done = K.TRAIN_EPOCHS[fused](
+            self.net._params, opt.state, step, self.grads, total, X, Xs, Y, SW,
+            np.ascontiguousarray(index)[None, :], self.no_rng, lrs, self.net._layout,
+            self.net._acts, self.use_blas, self.net._loss.code, d.batch, opt.code, hyper, l2,
+            *self.ws, self.no_backup)
         opt.step = int(step[0])
         return bool(done)
 
@@ -246,9 +248,9 @@ class Engine:
             return
         correct = self.ws[-1]
         correct[0] = 0
-        value = K.batch_gradients(self.grads, self.net._params, X, Xs, Y, SW, index, start, stop,
-                                  self.net._layout, self.net._acts, self.plan[0],
-                                  self.net._loss.code, None, *self.ws)
+        value = K.BATCH_GRADIENTS[self.plan[0]](
+            self.grads, self.net._params, X, Xs, Y, SW, index, start, stop, self.net._layout,
+            self.net._acts, self.use_blas, self.net._loss.code, None, *self.ws)
         np.multiply(self.grads, weight, out=buf[:P])
         buf[P], buf[P + 1], buf[P + 2], buf[P + 3] = value * weight, weight, b, correct[0]
 
@@ -292,7 +294,7 @@ class FullBatch:
             self.X, self.Xs = X, None  # dense: see _kernels.batch_gradients
         self.index = np.arange(n, dtype=np.int64)
         self.use_blas = net._use_blas(n)
-        self.path = K.layers_or_fused(self.use_blas, self.Xs)
+        self.gradients = K.BATCH_GRADIENTS[K.fused_loop(self.use_blas, self.Xs)]
         self.ws = workspaces(net, n, Y.shape[1])
         self.grads = np.empty_like(net._params)
 
@@ -303,9 +305,9 @@ class FullBatch:
         """(mean loss, gradient (P,)) at the network's parameters now; the gradient is not
         computed when the loss is not finite."""
         net = self.net
-        value = K.batch_gradients(self.grads, net._params, self.X, self.Xs, self.Y, self.SW,
-                                  self.index, 0, self.index.shape[0], net._layout, net._acts,
-                                  self.path, net._loss.code, None, *self.ws)
+        value = self.gradients(self.grads, net._params, self.X, self.Xs, self.Y, self.SW,
+                               self.index, 0, self.index.shape[0], net._layout, net._acts,
+                               self.use_blas, net._loss.code, None, *self.ws)
         return value, self.grads
 
 
@@ -323,8 +325,8 @@ def precompile(dtypes=("float32", "float64")):
             X = rng.standard_normal((64, sizes[0])).astype(dtype)
             y = rng.integers(0, 2, 64)
             net = Network(sizes, seed=0, dtype=dtype)
-            # train_epochs compiles per path: plain SGD, an optimiser, an optimiser with the
-            # estimators' L2 penalty (see _kernels.plan)
+            # each of TRAIN_EPOCHS compiles per plan: plain SGD, an optimiser, an optimiser with
+            # the estimators' L2 penalty (see _kernels.plan)
             net.fit(X, y, epochs=1, batch_size=64, validation_data=(X, y), optimizer="adam")
             net.fit(X, y, epochs=1, batch_size=64, optimizer="adam", l2=(1e-4, 1e-4))
             net.fit(X, y, epochs=1, batch_size=64)

@@ -332,14 +332,14 @@ def test_fused_small_loop_matches_the_per_layer_kernels(loss, act, dtype, weight
     sw = np.random.default_rng(3).uniform(0.1, 3.0, 11) if weighted else None
     data = TrainData(net, X, y, Config(dict(batch_size=4, sample_weight=sw)))
     use_blas = net._use_blas(data.batch)
-    assert K.layers_or_fused(use_blas, data.Xs) is None  # the fused loop
+    assert K.fused_loop(use_blas, data.Xs)
     ws = workspaces(net, data.batch, data.Y.shape[1])
     index = np.random.default_rng(1).permutation(11)
     fused, layers = np.empty_like(net._params), np.empty_like(net._params)
     for start, stop in ((0, 4), (4, 8), (8, 11)):
-        v_fused = K.batch_gradients(fused, net._params, data.X, data.Xs, data.Y, data.SW, index,
-                                    start, stop, net._layout, net._acts, None,
-                                    net._loss.code, None, *ws)
+        v_fused = K.BATCH_GRADIENTS[True](fused, net._params, data.X, data.Xs, data.Y, data.SW,
+                                          index, start, stop, net._layout, net._acts, use_blas,
+                                          net._loss.code, None, *ws)
         v_layers = K._batch_gradients_layers(layers, net._params, data.X, data.Xs, data.Y, data.SW,
                                              index, start, stop, net._layout, net._acts,
                                              use_blas, net._loss.code, *ws, net._params[:0])
