@@ -15,11 +15,16 @@ front. A kernel reads only its arguments and allocates no buffers: workspaces co
 caller (a few arrays of one to five elements hold the scalars of BLAS's alpha and beta and
 Adam's step).
 
-Thread safety and reproducibility: every ``prange`` loop gives each iteration its own output
-elements (rows of ``out`` and ``dinp``, rows of ``dweight``, blocks of ``dbias``, elements of the
-parameter buffer), and every sum runs in a fixed order inside one iteration. No two threads write
-the same element and no reduction order depends on the thread count, so results are bit-identical
-for any number of Numba threads. BLAS (``np.dot`` with ``out``, and the gemm of plain SGD's step,
+Threads: only kernels that can run with more than one Numba thread are ``parallel=True``: the
+sparse first layer (a network of small layers on sparse input never calls BLAS, so Numba has the
+threads; see ``_threads.py``) and the activation passes as standalone kernels. Dense training
+runs its per-layer kernels inside the BLAS split, with one Numba thread, so they are serial:
+compiled parallel they ran no faster and cost 3.5 s of a first fit's 17 (measured).
+
+Reproducibility: every ``prange`` loop gives each iteration its own output elements (rows of
+``out``, blocks of rows, blocks of ``dweight``), and every sum runs in a fixed order inside one
+iteration. No two threads write the same element and no reduction order depends on the thread
+count, so results are bit-identical for any number of Numba threads. BLAS (``np.dot`` with ``out``, and the gemm of plain SGD's step,
 ``_gemm_sgd_step``) is only ever called outside ``prange``; the Python layer decides how many
 threads BLAS may use (see ``_threads.py``).
 """
@@ -274,7 +279,7 @@ def _bias_act_rows(out, bias, act, b0, b1):
     _act_rows(out, act, b0, b1)
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def dense_forward(out, inp, weight, bias, act, use_blas):
     """out (B, OC) = act(inp (B, C) @ weight (C, OC) + bias (OC,)); act: an ACT_ code
     (ACT_IDENTITY for logits).
@@ -283,18 +288,10 @@ def dense_forward(out, inp, weight, bias, act, use_blas):
     shapes), or explicit loops over batch rows (small shapes, where the BLAS call overhead
     dominates).
     """
-    B, C = inp.shape
-    OC = weight.shape[1]
+    B = inp.shape[0]
     if use_blas:
         np.dot(inp, weight, out)
-        if _parallel(B * OC):
-            for k in prange((B + ROW_BLOCK - 1) // ROW_BLOCK):
-                _bias_act_rows(out, bias, act, k * ROW_BLOCK, min(B, (k + 1) * ROW_BLOCK))
-        else:
-            _bias_act_rows(out, bias, act, 0, B)
-    elif _parallel(B * C * OC):
-        for b in prange(B):
-            _dense_forward_row(out, inp, weight, bias, act, np.int64(b))
+        _bias_act_rows(out, bias, act, 0, B)
     else:
         for b in range(B):
             _dense_forward_row(out, inp, weight, bias, act, b)
@@ -317,21 +314,15 @@ def _dbias_block(dbias, dout, k):
             db[j] += row[j]
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def delta_and_dbias(dbias, dout, out, act):
     """dout (B, OC) = dL/d(out) in, dL/dz out for out = act(z) (B, OC), in place (ACT_IDENTITY
-    leaves it), and dbias (OC,) = its sum over rows, rows in order: blocks of rows, then blocks of
-    columns, in parallel for large layers, with one writer per element."""
+    leaves it), and dbias (OC,) = its sum over rows, rows in order: all rows, then blocks of
+    columns."""
     B, OC = dout.shape
-    if _parallel(B * OC):
-        for k in prange((B + ROW_BLOCK - 1) // ROW_BLOCK):
-            _act_grad_rows(dout, out, act, k * ROW_BLOCK, min(B, (k + 1) * ROW_BLOCK))
-        for k in prange((OC + BIAS_BLOCK - 1) // BIAS_BLOCK):
-            _dbias_block(dbias, dout, np.int64(k))
-    else:
-        _act_grad_rows(dout, out, act, 0, B)
-        for k in range((OC + BIAS_BLOCK - 1) // BIAS_BLOCK):
-            _dbias_block(dbias, dout, k)
+    _act_grad_rows(dout, out, act, 0, B)
+    for k in range((OC + BIAS_BLOCK - 1) // BIAS_BLOCK):
+        _dbias_block(dbias, dout, k)
 
 
 @njit(cache=True)
@@ -391,7 +382,7 @@ def _gemm_sgd_step_compiled(weight, inp, dout, lr):
     return impl
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def dense_backward(dinp, dweight, dbias, dout, inp, weight, bias, out, act, use_blas, need_dinp,
                    sgd):
     """Backward of ``dense_forward``, given dout (B, OC) = dL/d(out) for out = act(z) (B, OC).
@@ -401,13 +392,10 @@ def dense_backward(dinp, dweight, dbias, dout, inp, weight, bias, out, act, use_
     dout @ weight^T (the first layer's input needs no gradient), and dweight (C, OC) = inp^T @
     dout. sgd (1,) = (lr,): plain SGD's step is taken here as well, weight -= lr * inp^T @ dout
     (in one gemm: dweight is then not written) and bias (OC,) -= lr * dbias; (0,): no step, bias
-    untouched. In the
-    loops the weight gradient is parallel over input features (rows of dweight), the input
-    gradient over batch rows, dbias over blocks of output features: one writer per element, sums
-    in order.
+    untouched. The loops run over batch rows (the input gradient) and input features (the weight
+    gradient), each sum in order.
     """
     B, C = inp.shape
-    OC = dout.shape[1]
     delta_and_dbias(dbias, dout, out, act)
     # dinp first: it takes the weight from before the step
     if use_blas:
@@ -417,12 +405,6 @@ def dense_backward(dinp, dweight, dbias, dout, inp, weight, bias, out, act, use_
             _gemm_sgd_step(weight, inp, dout, sgd[0])
         else:
             np.dot(inp.T, dout, dweight)
-    elif _parallel(B * C * OC):
-        if need_dinp:
-            for b in prange(B):
-                _dinp_row(dinp, dout, weight, np.int64(b))
-        for c in prange(C):
-            _dweight_row(dweight, dout, inp, np.int64(c))
     else:
         if need_dinp:
             for b in range(B):
@@ -534,22 +516,17 @@ def _loss_row(logits, targets, loss, b):
     return s
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def loss_forward(row_loss, logits, targets, loss):
     """Mean loss (PyTorch 'mean' reduction) of logits (B, OC) against targets (B, T).
 
-    row_loss (B,) is a workspace: each row's loss is written there (in parallel for large
-    batches), then the rows are added in order, so the value does not depend on the thread
-    count. Returns a float64: the mean over B * OC elements for bce and mse, over B rows for
+    row_loss (B,) is a workspace: each row's loss is written there, then the rows are added in
+    order. Returns a float64: the mean over B * OC elements for bce and mse, over B rows for
     cross-entropy.
     """
     B, OC = logits.shape
-    if _parallel(B * OC):
-        for b in prange(B):
-            row_loss[b] = _loss_row(logits, targets, loss, np.int64(b))
-    else:
-        for b in range(B):
-            row_loss[b] = _loss_row(logits, targets, loss, b)
+    for b in range(B):
+        row_loss[b] = _loss_row(logits, targets, loss, b)
     total = np.float64(0)
     for b in range(B):
         total += row_loss[b]
@@ -607,42 +584,31 @@ def _loss_delta_rows(row_loss, logits, targets, loss, b0, b1):
 LOSS_BLOCK = 64  # rows per task of loss_forward_backward
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def loss_forward_backward(row_loss, logits, targets, loss):
     """``loss_forward``'s mean loss, returned, and ``loss_backward``'s dL/dlogits written over
     logits (B, OC) in the same pass: the softmax's exps computed once, not twice, and in blocks
     of LOSS_BLOCK rows, vectorised. The same maths as the two kernels; the cross-entropy loss is
     taken as log(s) - (z[label] - m) rather than m + log(s) - z[label], equal to rounding."""
     B, OC = logits.shape
-    nblk = (B + LOSS_BLOCK - 1) // LOSS_BLOCK
-    if _parallel(B * OC):
-        for k in prange(nblk):
-            _loss_delta_rows(row_loss, logits, targets, loss, k * LOSS_BLOCK,
-                             min(B, (k + 1) * LOSS_BLOCK))
-    else:
-        for k in range(nblk):
-            _loss_delta_rows(row_loss, logits, targets, loss, k * LOSS_BLOCK,
-                             min(B, (k + 1) * LOSS_BLOCK))
+    for k in range((B + LOSS_BLOCK - 1) // LOSS_BLOCK):
+        _loss_delta_rows(row_loss, logits, targets, loss, k * LOSS_BLOCK,
+                         min(B, (k + 1) * LOSS_BLOCK))
     total = np.float64(0)
     for b in range(B):
         total += row_loss[b]
     return total / (B if loss == LOSS_CE else B * OC)
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def loss_backward(dlogits, logits, targets, loss):
     """dlogits (B, OC) = dL/dlogits of ``loss_forward``'s mean loss; may alias logits.
 
     The output activation and the loss are fused: bce and cross-entropy give
     (probabilities - targets) / n, mse gives 2 (logits - targets) / n.
     """
-    B, OC = logits.shape
-    if _parallel(B * OC):
-        for b in prange(B):
-            _loss_backward_row(dlogits, logits, targets, loss, np.int64(b))
-    else:
-        for b in range(B):
-            _loss_backward_row(dlogits, logits, targets, loss, b)
+    for b in range(logits.shape[0]):
+        _loss_backward_row(dlogits, logits, targets, loss, b)
 
 
 @njit(cache=True, error_model="numpy")
@@ -665,20 +631,15 @@ def _output_row(out, logits, loss, b):
             out[b, o] = logits[b, o]
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def output_forward(out, logits, loss):
     """out (B, OC) = the loss's output activation of logits (B, OC): sigmoid, softmax, exp
     (poisson) or identity.
 
     May alias logits.
     """
-    B, OC = logits.shape
-    if _parallel(B * OC):
-        for b in prange(B):
-            _output_row(out, logits, loss, np.int64(b))
-    else:
-        for b in range(B):
-            _output_row(out, logits, loss, b)
+    for b in range(logits.shape[0]):
+        _output_row(out, logits, loss, b)
 
 
 @njit(cache=True, error_model="numpy")
@@ -748,7 +709,7 @@ def _sgd_chunk(params, velocity, grads, lr, momentum, nesterov, weight_decay, up
         p[i] -= lr * (gi + momentum * vi if nesterov else vi)
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def sgd_update(params, velocity, grads, lr, momentum, nesterov, weight_decay,
                update_velocity=False):
     """One ``torch.optim.SGD`` step over the flat buffers params, velocity, grads (P,), in place.
@@ -758,18 +719,12 @@ def sgd_update(params, velocity, grads, lr, momentum, nesterov, weight_decay,
     update_velocity=True is scikit-learn's form, a velocity of updates: u = momentum * u - lr * g;
     p += momentum * u - lr * g (Nesterov) or u. The two agree while lr is constant; when lr
     changes, torch's applies the new rate to the whole velocity, scikit-learn's to the new
-    gradient only. Elementwise, so chunks of the buffer go to threads with nothing shared.
+    gradient only. Elementwise, in chunks of the buffer.
     """
     P = params.shape[0]
-    chunks = (P + UPDATE_CHUNK - 1) // UPDATE_CHUNK
-    if _parallel(P):
-        for k in prange(chunks):
-            _sgd_chunk(params, velocity, grads, lr, momentum, nesterov, weight_decay,
-                       update_velocity, np.int64(k))
-    else:
-        for k in range(chunks):
-            _sgd_chunk(params, velocity, grads, lr, momentum, nesterov, weight_decay,
-                       update_velocity, k)
+    for k in range((P + UPDATE_CHUNK - 1) // UPDATE_CHUNK):
+        _sgd_chunk(params, velocity, grads, lr, momentum, nesterov, weight_decay,
+                   update_velocity, k)
 
 
 @njit(cache=True)
@@ -801,7 +756,7 @@ def _adam_chunk(params, m, v, grads, c, beta1, beta2, weight_decay, decoupled, k
         p[i] -= step_size * (mi / ((np.sqrt(vi) + eps_in) / bc2_sqrt + eps_out))
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def adam_update(params, m, v, grads, c, beta1, beta2, weight_decay, decoupled):
     """One ``torch.optim.Adam`` (decoupled=False) or ``torch.optim.AdamW`` (decoupled=True) step
     over the flat buffers params, m, v, grads (P,), in place; c as for _adam_chunk.
@@ -812,14 +767,8 @@ def adam_update(params, m, v, grads, c, beta1, beta2, weight_decay, decoupled):
     p -= lr / (1 - beta1^t) * m / ((sqrt(v) + eps) / sqrt(1 - beta2^t)) (scikit-learn: inside).
     """
     P = params.shape[0]
-    chunks = (P + UPDATE_CHUNK - 1) // UPDATE_CHUNK
-    if _parallel(P):
-        for k in prange(chunks):
-            _adam_chunk(params, m, v, grads, c, beta1, beta2, weight_decay, decoupled,
-                        np.int64(k))
-    else:
-        for k in range(chunks):
-            _adam_chunk(params, m, v, grads, c, beta1, beta2, weight_decay, decoupled, k)
+    for k in range((P + UPDATE_CHUNK - 1) // UPDATE_CHUNK):
+        _adam_chunk(params, m, v, grads, c, beta1, beta2, weight_decay, decoupled, k)
 
 
 @njit(cache=True)
@@ -977,17 +926,12 @@ def _gather_row(inp, tgt, X, Y, index, start, b):
         tgt[b, t] = Y[r, t]
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def gather_rows(inp, tgt, X, Y, index, start):
     """inp (B, C_0) = X[index[start:start+B]], tgt (B, T) = Y[same rows]: the batch is gathered
     into a workspace, the data set itself is never copied or reordered."""
-    B, C0 = inp.shape
-    if _parallel(B * C0):
-        for b in prange(B):
-            _gather_row(inp, tgt, X, Y, index, start, np.int64(b))
-    else:
-        for b in range(B):
-            _gather_row(inp, tgt, X, Y, index, start, b)
+    for b in range(inp.shape[0]):
+        _gather_row(inp, tgt, X, Y, index, start, b)
 
 
 @njit(cache=True)
@@ -1415,7 +1359,6 @@ def evaluate(out, row_loss, params, X, Xs, index, Y, layout, acts, use_blas, los
     ``batch_gradients``, index (N,) = 0..N-1 (the rows in order); dense: Xs and index empty.
     """
     N = out.shape[0]
-    C0 = X.shape[1]
     L = layout.shape[0]
     chunk = row_loss.shape[0]
     total = 0.0

@@ -18,7 +18,8 @@ TOL = {np.float64: 1e-12, np.float32: 2e-6}
 B, C, OC = 9, 6, 5
 
 # Shapes (B, C, OC) on both sides of _kernels.PARALLEL_MIN_WORK, so the serial and the prange
-# branch of each kernel are both checked; the large one only when compiled (too slow as Python).
+# branch of each parallel kernel (activations, sparse layer) are both checked, and the others run
+# over several blocks of rows and columns; the large one only when compiled (too slow as Python).
 SHAPES = {"small": (B, C, OC), "large": (256, 24, 160)}
 SIZES = ["small"] if numba.config.DISABLE_JIT else ["small", "large"]
 assert 256 * 160 >= K.PARALLEL_MIN_WORK > B * C * OC
@@ -229,7 +230,7 @@ def test_relu_backward_is_zero_at_zero():
 # ----------------------------------------------------------------- losses
 
 
-LOSS_ROWS = {"small": B, "large": 12000}  # 12000 x 3 outputs is past PARALLEL_MIN_WORK
+LOSS_ROWS = {"small": B, "large": 12000}  # 12000 rows: many blocks of LOSS_BLOCK rows
 
 
 def kernel_targets(loss, y, dtype):
