@@ -842,27 +842,20 @@ def out_act(acts, L, l):
 
 
 @njit(cache=True)
-def network_forward(act_buf, params, inp, layout, acts, use_blas):
-    """Forward pass of inp (B, C_0) through all L layers into act_buf.
+def network_forward(act_buf, params, inp, layout, acts, use_blas, first=0):
+    """Forward pass of inp (B, C_0) through layers first..L-1 into act_buf.
 
     act_buf holds each layer's output A_l (B, OC_l) back to back: the hidden ones activated, the
-    last the logits (the loss applies the output activation).
+    last the logits (the loss applies the output activation). first=1: A_0 is already there (the
+    sparse first layer's, see ``sparse_network_forward``), and inp (B, 0) only gives B.
     """
     B = inp.shape[0]
-    W, bias = layer_views(params, layout, 0)
-    dense_forward(activation_view(act_buf, layout, B, 0), inp, W, bias,
-                  out_act(acts, layout.shape[0], 0), use_blas[0])
-    forward_rest(act_buf, params, B, layout, acts, use_blas)
-
-
-@njit(cache=True)
-def forward_rest(act_buf, params, B, layout, acts, use_blas):
-    """Layers 1..L-1 of the forward pass, from the first layer's output A_0 in act_buf."""
     L = layout.shape[0]
-    for l in range(1, L):
+    for l in range(first, L):
         W, bias = layer_views(params, layout, l)
-        dense_forward(activation_view(act_buf, layout, B, l), activation_view(act_buf, layout, B,
-                      l - 1), W, bias, out_act(acts, L, l), use_blas[l])
+        x = inp if l == 0 else activation_view(act_buf, layout, B, l - 1)
+        dense_forward(activation_view(act_buf, layout, B, l), x, W, bias, out_act(acts, L, l),
+                      use_blas[l])
 
 
 @njit(cache=True)
@@ -872,46 +865,35 @@ def sparse_network_forward(act_buf, params, Xs, index, start, B, layout, acts, u
     W0, b0 = layer_views(params, layout, 0)
     sparse_forward(activation_view(act_buf, layout, B, 0), Xs[0], Xs[1], Xs[2], index, start, W0,
                    b0, out_act(acts, layout.shape[0], 0))
-    forward_rest(act_buf, params, B, layout, acts, use_blas)
+    network_forward(act_buf, params, act_buf[:0].reshape((B, 0)), layout, acts, use_blas, 1)
 
 
 @njit(cache=True)
-def network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, use_blas, sgd):
-    """Backward pass filling grads (P,), laid out like params, for the batch inp (B, C_0); with
-    sgd (1,) = (lr,), plain SGD's step taken layer by layer instead (see dense_backward: grads
-    then holds the bias gradients and scratch), with (0,) none.
+def network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, use_blas, sgd,
+                     last=0):
+    """Backward pass of layers L-1..last filling grads (P,), laid out like params, for the batch
+    inp (B, C_0); with sgd (1,) = (lr,), plain SGD's step taken layer by layer instead (see
+    dense_backward: grads then holds the bias gradients and scratch), with (0,) none. Returns
+    the gradient at layer last's input: with last=1, dL/dA_0 for the sparse first layer's own
+    backward (inp then only gives B); with last=0 an empty (B, 0) (the network's input needs no
+    gradient: need_dinp a runtime False, so one compiled dense_backward serves every call).
 
     On entry the last slot of act_buf holds dL/dlogits (``loss_backward`` writes it in place).
     delta_buf (2 * B * max hidden width) holds the hidden deltas, two slots used in turn.
     """
     B = inp.shape[0]
-    dout = backward_rest(grads, delta_buf, params, act_buf, B, layout, acts, use_blas, sgd)
-    W, bias = layer_views(params, layout, 0)
-    dW, db = layer_views(grads, layout, 0)
-    # The network's input needs no gradient: an empty dinp, and need_dinp a runtime False (one
-    # compiled dense_backward serves every call: a literal flag would compile a second one).
-    dense_backward(delta_buf[:0].reshape((B, 0)), dW, db, dout, inp, W, bias,
-                   activation_view(act_buf, layout, B, 0), out_act(acts, layout.shape[0], 0),
-                   use_blas[0], B < 0, sgd)
-
-
-@njit(cache=True)
-def backward_rest(grads, delta_buf, params, act_buf, B, layout, acts, use_blas, sgd):
-    """Layers L-1..1 of the backward pass (see network_backward, and sgd there); returns dL/dA_0
-    (B, OC_0), the gradient at the first layer's output, for that layer's own backward (dense or
-    sparse), which takes it through the activation."""
     L = layout.shape[0]
     dout = activation_view(act_buf, layout, B, L - 1)
     half = delta_buf.shape[0] // 2
-    for l in range(L - 1, 0, -1):
+    for l in range(L - 1, last - 1, -1):
         W, bias = layer_views(params, layout, l)
         dW, db = layer_views(grads, layout, l)
-        C = layout[l, LAY_C]
+        C = layout[l, LAY_C] if l > 0 else 0
         s0 = (l % 2) * half
         dinp = delta_buf[s0:s0 + B * C].reshape((B, C))
-        dense_backward(dinp, dW, db, dout, activation_view(act_buf, layout, B, l - 1), W, bias,
-                       activation_view(act_buf, layout, B, l), out_act(acts, L, l), use_blas[l],
-                       l > 0, sgd)
+        x = inp if l == 0 else activation_view(act_buf, layout, B, l - 1)
+        dense_backward(dinp, dW, db, dout, x, W, bias, activation_view(act_buf, layout, B, l),
+                       out_act(acts, L, l), use_blas[l], l > 0, sgd)
         dout = dinp
     return dout
 
@@ -1043,8 +1025,8 @@ def _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, lay
                 for o in range(logits.shape[1]):
                     logits[b, o] *= f
         if Xs is not None:
-            dout = backward_rest(grads, delta_buf, params, act_buf, B, layout, acts, use_blas,
-                                 sgd[:0])
+            dout = network_backward(grads, delta_buf, params, inp, act_buf, layout, acts,
+                                    use_blas, sgd[:0], 1)
             dW0, db0 = layer_views(grads, layout, 0)
             sparse_backward(dW0, db0, dout, activation_view(act_buf, layout, B, 0),
                             out_act(acts, layout.shape[0], 0), Xs[0], Xs[1], Xs[2], index, start)
