@@ -96,7 +96,10 @@ class Engine:
         self._step = np.zeros(1, np.int64)  # the step count, in and out of the compiled loop
         self.l2 = np.array(l2, dtype=np.float64)
         self.hyper = state.optimizer.hyper(net.dtype)
-        self.plan = K.plan(self.use_blas, data.Xs, state.optimizer.code, self.hyper, self.l2)
+        # the compiled functions and None-or-array arguments that pick this run's paths
+        fused, self._hyper, self._l2 = K.plan(self.use_blas, data.Xs, state.optimizer.code,
+                                              self.hyper, self.l2)
+        self._train, self._gradients = K.TRAIN_EPOCHS[fused], K.BATCH_GRADIENTS[fused]
         if reducer is not None:
             # the gradient's weighted sum, then the loss's, the weight sum, the row count and the
             # rows classified right
@@ -138,10 +141,8 @@ class Engine:
         if self.backup is None:
             self.backup = np.empty(self._backup_size, net.dtype)
             # the arguments that stay the same from call to call (a 1-epoch fit is short)
-            fused, hyper, l2 = self.plan
-            self._train = K.TRAIN_EPOCHS[fused]
             self._fixed = (net._layout, net._acts, self.use_blas, net._loss.code, d.batch,
-                           opt.code, hyper, l2, *self.ws, self.backup)
+                           opt.code, self._hyper, self._l2, *self.ws, self.backup)
         losses = np.zeros((len(lrs), 2))
         step = self._step
         step[0] = opt.step
@@ -208,12 +209,10 @@ class Engine:
         X, Xs, Y, SW, index, _ = block
         d, opt = self.data, self.state.optimizer
         step = np.array([opt.step], dtype=np.int64)
-        fused, hyper, l2 = self.plan
-        done = K.TRAIN_EPOCHS[fused](
-            self.net._params, opt.state, step, self.grads, total, X, Xs, Y, SW,
-            np.ascontiguousarray(index)[None, :], self.no_rng, lrs, self.net._layout,
-            self.net._acts, self.use_blas, self.net._loss.code, d.batch, opt.code, hyper, l2,
-            *self.ws, self.no_backup)
+        done = self._train(self.net._params, opt.state, step, self.grads, total, X, Xs, Y, SW,
+                           np.ascontiguousarray(index)[None, :], self.no_rng, lrs,
+                           self.net._layout, self.net._acts, self.use_blas, self.net._loss.code,
+                           d.batch, opt.code, self._hyper, self._l2, *self.ws, self.no_backup)
         opt.step = int(step[0])
         return bool(done)
 
@@ -248,9 +247,9 @@ class Engine:
             return
         correct = self.ws[-1]
         correct[0] = 0
-        value = K.BATCH_GRADIENTS[self.plan[0]](
-            self.grads, self.net._params, X, Xs, Y, SW, index, start, stop, self.net._layout,
-            self.net._acts, self.use_blas, self.net._loss.code, None, *self.ws)
+        value = self._gradients(self.grads, self.net._params, X, Xs, Y, SW, index, start, stop,
+                                self.net._layout, self.net._acts, self.use_blas,
+                                self.net._loss.code, None, *self.ws)
         np.multiply(self.grads, weight, out=buf[:P])
         buf[P], buf[P + 1], buf[P + 2], buf[P + 3] = value * weight, weight, b, correct[0]
 
