@@ -8,7 +8,7 @@ two ways of stepping through an epoch.
   then ``apply`` (the same update everywhere): the paths that must act between gradient and update
   use these two steps, so a gradient transform such as clipping goes into ``apply`` and into
   ``_kernels.optimizer_update`` (which the compiled loop calls), nowhere else; the compiled loop's
-  plain SGD step inside the backward pass (``sgd_in_backward``), which never forms the gradient,
+  plain SGD step inside the backward pass (``_kernels.plan``), which never forms the gradient,
   must then be turned off for it.
 """
 import time
