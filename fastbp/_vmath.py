@@ -172,18 +172,19 @@ def _make(K, itype, ftype):
     poly_e, poly_lg = _polynomial(e), _polynomial(lg)
 
     @njit(inline="always")
-    def split(x):
-        """(n, r, kf): x = n ln 2 + r, |r| <= ln 2 / 2, for x inside [lo, hi]; kf holds n in its
-        low bits (see _pow2_held): x / ln 2 rounded to an integer by adding the shifter."""
-        kf = _fma(x, log2e, shifter)
-        n = kf - shifter
+    def split(x, extra):
+        """(n, r, kf): x = n ln 2 + r, |r| <= ln 2 / 2, for x inside [lo, hi]; kf holds n + extra
+        (a constant) in its low bits (see _pow2_held): x / ln 2 rounded to an integer by adding
+        the shifter, extra added with it."""
+        kf = _fma(x, log2e, shifter + extra)
+        n = kf - (shifter + extra)
         return n, _fma(n, -c_lo, _fma(n, -c_hi, x)), kf  # n c_hi exact: c_hi has few bits
 
     @njit(inline="always")
     def reduce(x):
         """split(x) for any x: clamped to [lo, hi] (NaN to lo)."""
         x = _sel(x > lo, x, lo)
-        n, r, _ = split(_sel(x < hi, x, hi))
+        n, r, _ = split(_sel(x < hi, x, hi), zero)
         return n, r
 
     @njit(inline="always")
@@ -245,7 +246,7 @@ def _make(K, itype, ftype):
         # e^2|x| - 1 over e^2|x| + 1, with 2|x| clamped to [0, 2 tanh_big] (beyond it tanh is 1 in
         # the type): expm1 there needs no clamps and one power of 2, and is accurate near 0
         a = np.abs(x)
-        _, r, kf = split(two * _sel(a < tanh_big, a, tanh_big))
+        _, r, kf = split(two * _sel(a < tanh_big, a, tanh_big), zero)
         s = _pow2_held(kf)
         em = _fma(expm1_r(r), s, s - one)  # 2^n (e^r - 1) + (2^n - 1), as in expm1
         return _sel(x == x, np.copysign(em / (em + two), x), x)
@@ -256,8 +257,8 @@ def _make(K, itype, ftype):
         # to exp's lower clamp) and divided through scaled alike: one power of 2, and results
         # below the normal range come from one rounding, of the quotient
         m = -np.abs(x)
-        _, r, kf = split(_sel(m > lo, m, lo))
-        e = (expm1_r(r) + one) * _pow2_held(kf + scale_log2)
+        _, r, kf = split(_sel(m > lo, m, lo), scale_log2)
+        e = (expm1_r(r) + one) * _pow2_held(kf)
         s = _sel(x >= zero, scale, e) / (scale + e)  # 1 / (1 + e^-x), or e^x / (1 + e^x) below 0
         return _sel(x == x, s, x)
 
