@@ -270,13 +270,14 @@ def _dense_forward_row(out, inp, weight, bias, act, b):
 
 
 @njit(cache=True)
-def _bias_act_rows(out, bias, act, b0, b1):
-    """Rows b0..b1-1 of out (B, OC) = act(out + bias): the pass after a gemm."""
-    for b in range(b0, b1):
+def _bias_act(out, bias, act):
+    """out (B, OC) = act(out + bias): the pass after a gemm, the activation as one flat loop (a
+    narrow layer's rows are too short to pay for a loop each)."""
+    for b in range(out.shape[0]):
         row = out[b]
         for o in range(row.shape[0]):
             row[o] += bias[o]
-    _act_rows(out, act, b0, b1)
+    _act_row(out.reshape(-1), act)
 
 
 @njit(cache=True)
@@ -291,7 +292,7 @@ def dense_forward(out, inp, weight, bias, act, use_blas):
     B = inp.shape[0]
     if use_blas:
         np.dot(inp, weight, out)
-        _bias_act_rows(out, bias, act, 0, B)
+        _bias_act(out, bias, act)
     else:
         for b in range(B):
             _dense_forward_row(out, inp, weight, bias, act, b)
@@ -319,8 +320,8 @@ def delta_and_dbias(dbias, dout, out, act):
     """dout (B, OC) = dL/d(out) in, dL/dz out for out = act(z) (B, OC), in place (ACT_IDENTITY
     leaves it), and dbias (OC,) = its sum over rows, rows in order: all rows, then blocks of
     columns."""
-    B, OC = dout.shape
-    _act_grad_rows(dout, out, act, 0, B)
+    OC = dout.shape[1]
+    _act_grad_row(dout.reshape(-1), out.reshape(-1), act)
     for k in range((OC + BIAS_BLOCK - 1) // BIAS_BLOCK):
         _dbias_block(dbias, dout, k)
 
