@@ -92,7 +92,7 @@ The fastbp demo: the lab exercise that printed 'Loss: 0.6931' for ever, fixed, t
    network with Adam, a cosine schedule, a validation split and early stopping, with a progress
    bar, and its loss and accuracy curves written to a PNG.
 
-How long: the first run compiles fastbp's kernels (a notice says so; about a minute on a 2-core
+How long: the first run compiles fastbp's kernels (a notice says so; about 25 s on a 2-core
 machine, cached on disk afterwards); later runs take a few seconds. Part 2 needs scikit-learn,
 the bar tqdm and the PNG matplotlib: pip install 'fastbp[demo]'."""
 

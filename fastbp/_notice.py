@@ -1,6 +1,6 @@
 """The one-line notice shown while fastbp's kernels compile for the first time.
 
-A newcomer's first fit compiles the kernels (tens of seconds on a small machine; cached on disk
+A newcomer's first fit compiles the kernels (5-10 s on a small machine; cached on disk
 afterwards): without a word that looks like a hang. Numba announces each real compilation (not a
 load from its cache) as a "numba:compile" event; the first one for a fastbp kernel prints one
 line to stderr, once per process.
