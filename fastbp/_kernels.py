@@ -24,9 +24,9 @@ compiled parallel they ran no faster and cost 3.5 s of a first fit's 17 (measure
 Reproducibility: every ``prange`` loop gives each iteration its own output elements (rows of
 ``out``, blocks of rows, blocks of ``dweight``), and every sum runs in a fixed order inside one
 iteration. No two threads write the same element and no reduction order depends on the thread
-count, so results are bit-identical for any number of Numba threads. BLAS (``np.dot`` with ``out``, and the gemm of plain SGD's step,
-``_gemm_sgd_step``) is only ever called outside ``prange``; the Python layer decides how many
-threads BLAS may use (see ``_threads.py``).
+count, so results are bit-identical for any number of Numba threads. BLAS (``np.dot`` with
+``out``, and the gemm of plain SGD's step, ``_gemm_sgd_step``) is only ever called outside
+``prange``; the Python layer decides how many threads BLAS may use (see ``_threads.py``).
 """
 import numpy as np
 from numba import njit, prange, types
@@ -1281,7 +1281,8 @@ def _train_epochs(fused):
                 _pcg.permutation(rng[:W], order[0])
             index = order[e % order.shape[0]]
             sgd = lrs[e:e + 1] if hyper is None else lrs[:0]
-            total = epoch_loss[e, 0]  # a running sum carried in: an epoch split over calls adds alike
+            # a running sum carried in: an epoch split over calls adds alike
+            total = epoch_loss[e, 0]
             correct[0] = epoch_loss[e, 1]
             ok = True
             for start in range(0, N, batch_size):
