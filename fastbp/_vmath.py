@@ -67,23 +67,6 @@ def _fma(typingctx, a, b, c):
 
 
 @intrinsic
-def _pow2(typingctx, n):
-    """2^n for a float n holding an integer with 2^n normal: n + bias written into the exponent
-    bits, in integers as wide as the float (no detour through int64 for float32 lanes)."""
-    width = n.bitwidth
-    mant, bias = (23, 127) if width == 32 else (52, 1023)
-    sig = n(n)
-
-    def codegen(context, builder, signature, args):
-        ity = ir.IntType(width)
-        i = builder.fptosi(args[0], ity)
-        i = builder.shl(builder.add(i, ity(bias)), ity(mant))
-        return builder.bitcast(i, context.get_value_type(n))
-
-    return sig, codegen
-
-
-@intrinsic
 def _pow2_held(typingctx, kf):
     """2^n for kf a float whose low mantissa bits hold the integer n (``split`` rounds by adding a
     shifter of 1.5 2^mant): those bits plus the bias, moved into the exponent field, with the
@@ -181,6 +164,12 @@ def _make(K, itype, ftype):
         return n, _fma(n, -c_lo, _fma(n, -c_hi, x)), kf  # n c_hi exact: c_hi has few bits
 
     @njit(inline="always")
+    def pow2(n):
+        """2^n for a float n holding an integer with 2^n normal: n held by the shifter, as split
+        holds it (one float add, no conversion to an integer)."""
+        return _pow2_held(n + shifter)
+
+    @njit(inline="always")
     def reduce(x):
         """split(x) for any x: clamped to [lo, hi] (NaN to lo)."""
         x = _sel(x > lo, x, lo)
@@ -196,7 +185,7 @@ def _make(K, itype, ftype):
     def exp(x):
         n, r = reduce(x)
         n1 = np.floor(n * half)  # 2^n in two normal factors: subnormal and inf results come right
-        y = (expm1_r(r) + one) * _pow2(n1) * _pow2(n - n1)
+        y = (expm1_r(r) + one) * pow2(n1) * pow2(n - n1)
         return _sel(x == x, y, x)
 
     @njit(inline="always")
@@ -206,7 +195,7 @@ def _make(K, itype, ftype):
         n1 = np.floor(n * half)
         # e^x - 1 = 2^n (e^r - 1) + (2^n - 1) = s2 (s1 (e^r - 1) + s1 - 1 / s2) with 2^n = s1 s2:
         # no intermediate overflows, and s1 - 1/s2 is exact for the n where it matters
-        y = (pr * _pow2(n1) + (_pow2(n1) - _pow2(n1 - n))) * _pow2(n - n1)
+        y = (pr * pow2(n1) + (pow2(n1) - pow2(n1 - n))) * pow2(n - n1)
         return _sel(x == x, y, x)
 
     @njit(inline="always")
