@@ -1037,32 +1037,20 @@ def _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, lay
 
 
 @njit(cache=True, inline="always")
-def _activation_grad(a, act):
-    """d act / dz from the output a for one element (as in _act_grad_row)."""
-    if act == ACT_SIGMOID:
-        return a * (1 - a)
-    if act == ACT_RELU:
-        return 1 if a > 0 else 0
-    if act == ACT_TANH:
-        return 1 - a * a
-    if act == ACT_LEAKY_RELU:
-        return 1 if a > 0 else LEAKY_SLOPE
-    return 1
-
-
-@njit(cache=True, inline="always")
 def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, acts, loss,
                            act_buf, delta_buf, correct, sgd):
-    """``batch_gradients`` for networks too small for BLAS (XOR-sized): the same maths, row by
-    row in one function over the flat buffers, with no per-layer kernel calls or array views.
-    At 2-4-1 those calls cost more than the arithmetic: 1.9 us per epoch through the per-layer
-    kernels against 0.6 us this way (measured). sgd (1,) = (lr,): plain SGD's step is taken here
-    too, params -= lr * grads, when the loss is finite (as in _batch_gradients_layers).
+    """``batch_gradients`` for networks too small for BLAS (XOR-sized): the same maths in one
+    function over the flat buffers, with no per-layer kernel calls or array views. At 2-4-1 those
+    calls cost more than the arithmetic: 1.9 us per epoch through the per-layer kernels against
+    0.6 us this way (measured). sgd (1,) = (lr,): plain SGD's step is taken here too, params -=
+    lr * grads, when the loss is finite (as in _batch_gradients_layers).
 
-    Serial: such networks are far below PARALLEL_MIN_WORK. Gradients are summed over the batch's
-    rows in order, as the per-layer kernels do. act_buf holds each layer's outputs for the batch
-    back to back (as activation_view lays them out); delta_buf one row's deltas, two slots of the
-    widest layer used in turn.
+    Serial: such networks are far below PARALLEL_MIN_WORK. Each pass runs over all the batch's
+    rows, layer by layer, so the rows' work is independent (a row-by-row pass chained each row's
+    loss, deltas and gradients into one long dependency). Gradients are summed over the rows in
+    order, as the per-layer kernels do. act_buf holds each layer's outputs for the batch back to
+    back (as activation_view lays them out); delta_buf two slots of the batch's deltas at the
+    widest layer, used in turn.
     """
     B = stop - start
     P = params.shape[0]
@@ -1073,9 +1061,8 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
         grads[i] = 0
     weighted = SW.shape[0] > 0
     wsum = weight_sum(SW, index, start, stop) if weighted else np.float64(B)
-    # forward, all rows, layer by layer: layer l's outputs for the B rows are one block of
-    # act_buf, activated in one (vectorised) loop: row by row, each sigmoid or tanh was a scalar
-    # call on the critical path
+    # forward: layer l's outputs for the B rows are one block of act_buf, activated in one
+    # (vectorised) loop
     off = 0
     for l in range(L):
         C = layout[l, LAY_C]
@@ -1094,12 +1081,13 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
             _act_row(act_buf[off:off + B * OC], acts[l])
         off += B * OC
     top = off - B * OCL  # the logits' block
+    # each row's loss and dL/dlogits (as _loss_row and _loss_backward_row)
+    d0 = ((L - 1) % 2) * half
     batch_loss = 0.0
     for bb in range(B):
         r = index[start + bb]
-        # loss and dL/dlogits of this row (as _loss_row and _loss_backward_row)
         z0 = top + bb * OCL
-        d0 = ((L - 1) % 2) * half
+        dd = d0 + bb * OCL
         row_value = 0.0
         if loss == LOSS_BCE:
             hit = 1.0
@@ -1108,7 +1096,7 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
                 t = Y[r, o]
                 row_value += max(z, 0) - z * t + vm.log1p_inline(vm.exp_inline(-abs(z)))
                 p = vm.sigmoid_inline(z)
-                delta_buf[d0 + o] = (p - t) / (B * OCL)
+                delta_buf[dd + o] = (p - t) / (B * OCL)
                 if (p > 0.5) != (t > 0.5):
                     hit = 0.0
             correct[0] += hit
@@ -1130,44 +1118,49 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
                 p = vm.exp_inline(act_buf[z0 + o] - m) / se
                 if o == label:
                     p -= 1
-                delta_buf[d0 + o] = p / B
+                delta_buf[dd + o] = p / B
         elif loss == LOSS_POISSON:
             for o in range(OCL):
                 z = act_buf[z0 + o]
                 row_value += _poisson_row_term(z, Y[r, o])
-                delta_buf[d0 + o] = (vm.exp_inline(z) - Y[r, o]) / (B * OCL)
+                delta_buf[dd + o] = (vm.exp_inline(z) - Y[r, o]) / (B * OCL)
         else:
             for o in range(OCL):
                 d = act_buf[z0 + o] - Y[r, o]
                 row_value += d * d
-                delta_buf[d0 + o] = d * (2.0 / (B * OCL))
+                delta_buf[dd + o] = d * (2.0 / (B * OCL))
         if weighted:  # in its own branch: a multiply by 1 here slowed float32 XOR by 30%
             rf = SW[r] * B / wsum
             row_value *= rf
             for o in range(OCL):
-                delta_buf[d0 + o] *= rf
+                delta_buf[dd + o] *= rf
         batch_loss += row_value
-        # backward, one row: accumulate dW, db; delta of the layer below
-        blk = top  # layer l's block of outputs; its input is the block before
-        for l in range(L - 1, -1, -1):
-            C = layout[l, LAY_C]
-            OC = layout[l, LAY_OC]
-            w0 = layout[l, LAY_W]
-            b0 = layout[l, LAY_B]
-            blk -= B * C
-            cur = (l % 2) * half
-            nxt = ((l + 1) % 2) * half
+    # backward, layer by layer: dW, db summed over the rows in order; the deltas of the layer
+    # below, then its activation's derivative over the block
+    blk = top  # layer l's block of outputs; its input is the block before
+    for l in range(L - 1, -1, -1):
+        C = layout[l, LAY_C]
+        OC = layout[l, LAY_OC]
+        w0 = layout[l, LAY_W]
+        b0 = layout[l, LAY_B]
+        blk -= B * C
+        cur = (l % 2) * half
+        nxt = ((l + 1) % 2) * half
+        for bb in range(B):
+            r = index[start + bb]
             for c in range(C):
                 x = X[r, c] if l == 0 else act_buf[blk + bb * C + c]
                 s = x * 0  # in the data's dtype: no float32/float64 round trips
                 for o in range(OC):
-                    d = delta_buf[cur + o]
+                    d = delta_buf[cur + bb * OC + o]
                     grads[w0 + c * OC + o] += x * d
                     s += d * params[w0 + c * OC + o]
                 if l > 0:
-                    delta_buf[nxt + c] = s * _activation_grad(x, acts[l - 1])
+                    delta_buf[nxt + bb * C + c] = s
             for o in range(OC):
-                grads[b0 + o] += delta_buf[cur + o]
+                grads[b0 + o] += delta_buf[cur + bb * OC + o]
+        if l > 0:
+            _act_grad_row(delta_buf[nxt:nxt + B * C], act_buf[blk:blk + B * C], acts[l - 1])
     value = batch_loss / (B if loss == LOSS_CE else B * OCL)
     if sgd.shape[0] > 0 and np.isfinite(value):
         _sgd_step(params, grads, sgd[0])

@@ -1,8 +1,7 @@
 """The activation table: one entry per hidden-layer activation.
 
 Adding an activation is one entry here, one branch in each of ``_kernels._act_row`` (the
-forward) and ``_kernels._act_grad_row`` (the derivative from the output), one in
-``_kernels._activation_grad`` (the fused XOR-sized loop's scalar derivative), and one line in
+forward) and ``_kernels._act_grad_row`` (the derivative from the output), and one line in
 ``reference.py``.
 """
 from collections import namedtuple
