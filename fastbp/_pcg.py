@@ -52,8 +52,8 @@ _memory = (None, None)  # the last generator seen: (its BitGenerator, its views)
 
 
 def _views(bg):
-    """(state and increment (4,) uint64, the struct's (4,) uint32 whose 2-3 are has_uint32 and
-    uinteger) over the memory of ``bg``, or None where that memory does not read as its state.
+    """(state and increment (4,) uint64, has_uint32 and uinteger (2,) uint32) over the memory of
+    ``bg``, or None where that memory does not read as its state.
     NumPy's pcg64_state is {pcg64_random_t *pcg_state; int has_uint32; uint32_t uinteger}, the
     128-bit numbers little-endian __uint128_t where the compiler has them."""
     global _memory
@@ -68,9 +68,22 @@ def _views(bg):
             (ctypes.c_uint64 * 4).from_address(ctypes.c_void_p.from_address(addr).value))
         w = np.concatenate([inner, outer[2:].astype(np.uint64)])
         if np.array_equal(w, words(np.random.Generator(bg))):
-            views = (inner, outer)
+            views = (inner, outer[2:])
     _memory = (bg, views)
     return views
+
+
+_halves = (None, None)  # the last word array seen: (it, its views w[:4], w[4:N_WORDS])
+
+
+def _split(w):
+    """(w[:4], w[4:N_WORDS]), kept for the last w: a fit call copies through them twice, and
+    assigning through kept views costs a third of slicing afresh."""
+    global _halves
+    kept = _halves
+    if kept[0] is not w:
+        kept = _halves = (w, (w[:4], w[4:N_WORDS]))
+    return kept[1]
 
 
 def load(rng, w):
@@ -79,8 +92,9 @@ def load(rng, w):
     if views is None:
         w[:N_WORDS] = words(rng)
     else:
-        w[:4] = views[0]
-        w[4:N_WORDS] = views[1][2:]
+        head, tail = _split(w)
+        head[...] = views[0]
+        tail[...] = views[1]
 
 
 def store(rng, w):
@@ -89,8 +103,9 @@ def store(rng, w):
     if views is None:
         set_words(rng, w[:N_WORDS])
     else:
-        views[0][:] = w[:4]
-        views[1][2:] = w[4:N_WORDS]
+        head, tail = _split(w)
+        views[0][...] = head
+        views[1][...] = tail
 
 
 @njit(cache=True)

@@ -136,7 +136,7 @@ class Engine:
         each epoch's order is drawn into in compiled code (``_pcg``; rng ends where drawing them
         in Python would leave it). Returns the losses and training accuracies (before each
         batch's update) of the epochs completed (fewer than asked: the next one diverged and was
-        undone, rng included)."""
+        undone, rng included), as sequences: lists for a short call."""
         d, opt, net = self.data, self.state.optimizer, self.net
         if self.backup is None:
             self.backup = np.empty(self._backup_size, net.dtype)
@@ -155,6 +155,9 @@ class Engine:
         if rng is not None:
             _pcg.store(rng, words)
         opt.step = int(step[0])
+        if done <= 8:  # a short call: NumPy's calls on small arrays cost more than floats
+            rows = losses[:done].tolist()
+            return [r[0] / d.n for r in rows], [r[1] / d.n for r in rows]
         sums = losses[:done]
         sums /= d.n
         return sums[:, 0], sums[:, 1]
