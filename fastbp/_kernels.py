@@ -979,7 +979,9 @@ def _first_of_run(index, start, stop):
     return first
 
 
-@njit(cache=True)
+# inlined into its two callers (the drivers' closures): compiled as a function of its own, its
+# whole call tree was optimised and emitted once more (a cold digits fit 9.9-10.1 -> 8.7-9.2 s)
+@njit(cache=True, inline="always")
 def _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts,
                             use_blas, loss, inp_buf, tgt_buf, act_buf, delta_buf, row_loss,
                             correct, sgd):
