@@ -366,6 +366,7 @@ def _gemm_sgd_step(weight, inp, dout, lr):
 @overload(_gemm_sgd_step)
 def _gemm_sgd_step_compiled(weight, inp, dout, lr):
     kind = ord("s") if weight.dtype == types.float32 else ord("d")
+    no, trans = ord("n"), ord("t")  # taken here: ord() in the compiled body is a compile of its own
     if not all(getattr(a, "layout", "") == "C" for a in (weight, inp, dout)):
         return _gemm_sgd_step  # the gemm below reads contiguous rows; else the plain form above
 
@@ -376,7 +377,7 @@ def _gemm_sgd_step_compiled(weight, inp, dout, lr):
         alpha[0] = -lr
         one = np.ones(1, weight.dtype)
         # row-major weight^T (OC, C) += alpha * dout^T (OC, B) @ inp (B, C), column-major terms
-        status = _xxgemm(kind, ord("n"), ord("t"), OC, C, B, alpha.ctypes, dout.ctypes, OC,
+        status = _xxgemm(kind, no, trans, OC, C, B, alpha.ctypes, dout.ctypes, OC,
                          inp.ctypes, C, one.ctypes, weight.ctypes, OC)
         if status != 0:
             raise RuntimeError("BLAS gemm (SciPy's, through Numba) is not available")
