@@ -573,7 +573,7 @@ def _ce_block(row_loss, logits, targets, b0, b1):
         row_loss[b] = vm.log(s) - row_loss[b]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _loss_delta_rows(row_loss, logits, targets, loss, b0, b1):
     if loss == LOSS_CE:
         _ce_block(row_loss, logits, targets, b0, b1)
@@ -586,7 +586,7 @@ def _loss_delta_rows(row_loss, logits, targets, loss, b0, b1):
 LOSS_BLOCK = 64  # rows per task of loss_forward_backward
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def loss_forward_backward(row_loss, logits, targets, loss):
     """``loss_forward``'s mean loss, returned, and ``loss_backward``'s dL/dlogits written over
     logits (B, OC) in the same pass: the softmax's exps computed once, not twice, and in blocks
@@ -644,7 +644,7 @@ def output_forward(out, logits, loss):
         _output_row(out, logits, loss, b)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def count_correct(logits, targets, loss):
     """Rows of logits (B, OC) classified right against targets (B, T), as predict decides:
     cross-entropy, the first largest logit is the label; bce, every output's probability is on
@@ -1170,12 +1170,12 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
     return value
 
 
-def _batch_gradients(fused):
+def _batch_gradients(fused, loss):
     """batch_gradients for networks run by the fused loop (fused True) or by the per-layer
-    kernels (see BATCH_GRADIENTS)."""
+    kernels, for the loss code ``loss`` (see BATCH_GRADIENTS)."""
     @njit(cache=True)
     def batch_gradients(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts, use_blas,
-                        loss, l2, inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct):
+                        l2, inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct):
         """grads (P,) = the gradient of the mean loss over the rows index[start:stop] of X
         (N, C_0), Y (N, T); returns that mean loss. After a non-finite loss grads are not to be
         used.
@@ -1231,12 +1231,12 @@ def _with_l2(value, grads, params, layout, SW, index, start, stop, l2):
     return value + l2_penalty(grads, params, layout, l2[0] / wsum) * (l2[1] / l2[0])
 
 
-def _train_epochs(fused):
-    """train_epochs for networks run by the fused loop (fused True) or by the per-layer kernels
-    (see TRAIN_EPOCHS)."""
+def _train_epochs(fused, loss):
+    """train_epochs for networks run by the fused loop (fused True) or by the per-layer kernels,
+    for the loss code ``loss`` (see TRAIN_EPOCHS)."""
     @njit(cache=True)
     def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, rng, lrs,
-                     layout, acts, use_blas, loss, batch_size, opt, hyper, l2,
+                     layout, acts, use_blas, batch_size, opt, hyper, l2,
                      inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct, backup):
         """Minibatch training for E = epoch_loss.shape[0] epochs, all inside compiled code.
 
@@ -1321,12 +1321,15 @@ def _train_epochs(fused):
     return train_epochs
 
 
-# One definition of each driver, compiled as two functions: ``fused`` is a constant of each
-# closure, so the path not taken is pruned before typing and a first fit compiles only its own
-# (an XOR-sized fit no per-layer kernels, a larger one no fused loop: seconds of a cold start).
-# Indexed by fused_loop(...).
-BATCH_GRADIENTS = (_batch_gradients(False), _batch_gradients(True))
-TRAIN_EPOCHS = (_train_epochs(False), _train_epochs(True))
+# One definition of each driver, compiled as one function per path and loss: ``fused`` and
+# ``loss`` are constants of each closure, so the paths not taken are pruned before typing (down
+# through the inlined _batch_gradients_layers, loss_forward_backward, _loss_delta_rows and
+# count_correct) and a first fit compiles only its own: an XOR-sized fit no per-layer kernels,
+# a larger one no fused loop, a cross-entropy fit no other loss (seconds of a cold start).
+# Indexed [fused_loop(...)][loss code].
+LOSS_CODES = (LOSS_BCE, LOSS_CE, LOSS_MSE, LOSS_POISSON)  # in code order (0, 1, 2, 3)
+BATCH_GRADIENTS = tuple(tuple(_batch_gradients(f, c) for c in LOSS_CODES) for f in (False, True))
+TRAIN_EPOCHS = tuple(tuple(_train_epochs(f, c) for c in LOSS_CODES) for f in (False, True))
 
 
 @njit(cache=True)

@@ -99,7 +99,9 @@ class Engine:
         # the compiled functions and None-or-array arguments that pick this run's paths
         fused, self._hyper, self._l2 = K.plan(self.use_blas, data.Xs, state.optimizer.code,
                                               self.hyper, self.l2)
-        self._train, self._gradients = K.TRAIN_EPOCHS[fused], K.BATCH_GRADIENTS[fused]
+        loss = net._loss.code
+        self._train = K.TRAIN_EPOCHS[fused][loss]
+        self._gradients = K.BATCH_GRADIENTS[fused][loss]
         if reducer is not None:
             # the gradient's weighted sum, then the loss's, the weight sum, the row count and the
             # rows classified right
@@ -141,7 +143,7 @@ class Engine:
         if self.backup is None:
             self.backup = np.empty(self._backup_size, net.dtype)
             # the arguments that stay the same from call to call (a 1-epoch fit is short)
-            self._fixed = (net._layout, net._acts, self.use_blas, net._loss.code, d.batch,
+            self._fixed = (net._layout, net._acts, self.use_blas, d.batch,
                            opt.code, self._hyper, self._l2, *self.ws, self.backup)
         losses = np.zeros((len(lrs), 2))
         step = self._step
@@ -214,8 +216,8 @@ class Engine:
         step = np.array([opt.step], dtype=np.int64)
         done = self._train(self.net._params, opt.state, step, self.grads, total, X, Xs, Y, SW,
                            np.ascontiguousarray(index)[None, :], self.no_rng, lrs,
-                           self.net._layout, self.net._acts, self.use_blas, self.net._loss.code,
-                           d.batch, opt.code, self._hyper, self._l2, *self.ws, self.no_backup)
+                           self.net._layout, self.net._acts, self.use_blas, d.batch, opt.code,
+                           self._hyper, self._l2, *self.ws, self.no_backup)
         opt.step = int(step[0])
         return bool(done)
 
@@ -251,8 +253,8 @@ class Engine:
         correct = self.ws[-1]
         correct[0] = 0
         value = self._gradients(self.grads, self.net._params, X, Xs, Y, SW, index, start, stop,
-                                self.net._layout, self.net._acts, self.use_blas,
-                                self.net._loss.code, None, *self.ws)
+                                self.net._layout, self.net._acts, self.use_blas, None,
+                                *self.ws)
         np.multiply(self.grads, weight, out=buf[:P])
         buf[P], buf[P + 1], buf[P + 2], buf[P + 3] = value * weight, weight, b, correct[0]
 
@@ -296,7 +298,7 @@ class FullBatch:
             self.X, self.Xs = X, None  # dense: see _kernels.batch_gradients
         self.index = np.arange(n, dtype=np.int64)
         self.use_blas = net._use_blas(n)
-        self.gradients = K.BATCH_GRADIENTS[K.fused_loop(self.use_blas, self.Xs)]
+        self.gradients = K.BATCH_GRADIENTS[K.fused_loop(self.use_blas, self.Xs)][net._loss.code]
         self.ws = workspaces(net, n, Y.shape[1])
         self.grads = np.empty_like(net._params)
 
@@ -309,7 +311,7 @@ class FullBatch:
         net = self.net
         value = self.gradients(self.grads, net._params, self.X, self.Xs, self.Y, self.SW,
                                self.index, 0, self.index.shape[0], net._layout, net._acts,
-                               self.use_blas, net._loss.code, None, *self.ws)
+                               self.use_blas, None, *self.ws)
         return value, self.grads
 
 
@@ -317,6 +319,7 @@ def precompile(dtypes=("float32", "float64")):
     """Compile (or load from Numba's disk cache) every kernel fastbp calls, for each dtype, so
     that the first real fit starts at once: ``fastbp.precompile()``, or ``python -m fastbp
     --precompile`` after installing. Returns the seconds each dtype took."""
+    from .losses import LOSSES
     from .network import Network  # network imports this module
     seconds = {}
     for dtype in dtypes:
@@ -325,17 +328,19 @@ def precompile(dtypes=("float32", "float64")):
         rng = np.random.default_rng(0)
         for sizes in ([3, 4, 2], [64, 64, 2]):  # the fused loop, and the per-layer kernels
             X = rng.standard_normal((64, sizes[0])).astype(dtype)
-            y = rng.integers(0, 2, 64)
-            net = Network(sizes, seed=0, dtype=dtype)
-            # each of TRAIN_EPOCHS compiles per plan: plain SGD, an optimiser, an optimiser with
-            # the estimators' L2 penalty (see _kernels.plan)
-            net.fit(X, y, epochs=1, batch_size=64, validation_data=(X, y), optimizer="adam")
-            net.fit(X, y, epochs=1, batch_size=64, optimizer="adam", l2=(1e-4, 1e-4))
-            net.fit(X, y, epochs=1, batch_size=64)
-            net.predict(X)
-            net.gradients(X, y)
-            full = FullBatch(net, X, net._XY(X, y)[1], np.empty(0, dtype))
-            with full.threads():
-                full()
+            for loss, kind in LOSSES.items():  # TRAIN_EPOCHS has one function per loss
+                y = (rng.integers(0, 2, 64) if kind.targets == "labels"
+                     else rng.integers(0, 2, (64, 2)).astype(dtype))  # 0/1: binary, real, counts
+                net = Network(sizes, loss=loss, seed=0, dtype=dtype)
+                # and per plan: plain SGD, an optimiser, an optimiser with the estimators' L2
+                # penalty (see _kernels.plan)
+                net.fit(X, y, epochs=1, batch_size=64, validation_data=(X, y), optimizer="adam")
+                net.fit(X, y, epochs=1, batch_size=64, optimizer="adam", l2=(1e-4, 1e-4))
+                net.fit(X, y, epochs=1, batch_size=64)
+                net.predict(X)
+                net.gradients(X, y)
+                full = FullBatch(net, X, net._XY(X, y)[1], np.empty(0, dtype))
+                with full.threads():
+                    full()
         seconds[dtype.name] = time.perf_counter() - t0
     return seconds

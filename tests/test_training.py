@@ -337,9 +337,9 @@ def test_fused_small_loop_matches_the_per_layer_kernels(loss, act, dtype, weight
     index = np.random.default_rng(1).permutation(11)
     fused, layers = np.empty_like(net._params), np.empty_like(net._params)
     for start, stop in ((0, 4), (4, 8), (8, 11)):
-        v_fused = K.BATCH_GRADIENTS[True](fused, net._params, data.X, data.Xs, data.Y, data.SW,
-                                          index, start, stop, net._layout, net._acts, use_blas,
-                                          net._loss.code, None, *ws)
+        v_fused = K.BATCH_GRADIENTS[True][net._loss.code](
+            fused, net._params, data.X, data.Xs, data.Y, data.SW, index, start, stop, net._layout,
+            net._acts, use_blas, None, *ws)
         v_layers = K._batch_gradients_layers(layers, net._params, data.X, data.Xs, data.Y, data.SW,
                                              index, start, stop, net._layout, net._acts,
                                              use_blas, net._loss.code, *ws, net._params[:0])
