@@ -236,9 +236,9 @@ class Network:
         else:
             Xd, Xs, index = X, None, np.empty(0, np.int64)
         with _threads.compute(use_blas.any()):
-            value = K.evaluate(out, row_loss, self._params, Xd, Xs, index,
-                               out if Y is None else Y, self._layout, self._acts, use_blas,
-                               self._loss.code, act_buf, Y is not None)
+            value = K.EVALUATE[self._loss.code](out, row_loss, self._params, Xd, Xs, index,
+                                                out if Y is None else Y, self._layout, self._acts,
+                                                use_blas, act_buf, Y is not None)
         if check_finite and not (np.isfinite(value) and K.all_finite(out.reshape(-1))):
             big = float(np.abs(X.data if isinstance(X, check.Sparse) else X).max())
             raise ValueError(
