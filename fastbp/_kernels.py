@@ -1057,9 +1057,9 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
     lr * grads, when the loss is finite (as in _batch_gradients_layers).
 
     Serial: such networks are far below PARALLEL_MIN_WORK. Each pass runs over all the batch's
-    rows, layer by layer, so the rows' work is independent (a row-by-row pass chained each row's
-    loss, deltas and gradients into one long dependency). Gradients are summed over the rows in
-    order, as the per-layer kernels do. act_buf holds each layer's outputs for the batch back to
+    rows, layer by layer, as the per-layer kernels do, so a hidden layer's derivative is
+    _act_grad_row over its block (each derivative's formula is written once; W1 as fast as the
+    row-by-row loop this replaced). Gradients are summed over the rows in order. act_buf holds each layer's outputs for the batch back to
     back (as activation_view lays them out); delta_buf two slots of the batch's deltas at the
     widest layer, used in turn.
     """

@@ -318,7 +318,8 @@ class FullBatch:
 def precompile(dtypes=("float32", "float64")):
     """Compile (or load from Numba's disk cache) every kernel fastbp calls, for each dtype, so
     that the first real fit starts at once: ``fastbp.precompile()``, or ``python -m fastbp
-    --precompile`` after installing. Returns the seconds each dtype took."""
+    --precompile`` after installing. Every path and loss: 1.5-2 minutes a dtype on 2 cores (each
+    fit compiles only its own, see _kernels.TRAIN_EPOCHS). Returns the seconds each dtype took."""
     from .losses import LOSSES
     from .network import Network  # network imports this module
     seconds = {}
