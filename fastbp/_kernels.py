@@ -366,7 +366,7 @@ def _gemm_sgd_step(weight, inp, dout, lr):
 @overload(_gemm_sgd_step)
 def _gemm_sgd_step_compiled(weight, inp, dout, lr):
     kind = ord("s") if weight.dtype == types.float32 else ord("d")
-    no, trans = ord("n"), ord("t")  # taken here: ord() in the compiled body is a compile of its own
+    no, trans = ord("n"), ord("t")  # here: ord() in the compiled body is a compile of its own
     if not all(getattr(a, "layout", "") == "C" for a in (weight, inp, dout)):
         return _gemm_sgd_step  # the gemm below reads contiguous rows; else the plain form above
 
@@ -1059,9 +1059,9 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
     Serial: such networks are far below PARALLEL_MIN_WORK. Each pass runs over all the batch's
     rows, layer by layer, as the per-layer kernels do, so a hidden layer's derivative is
     _act_grad_row over its block (each derivative's formula is written once; W1 as fast as the
-    row-by-row loop this replaced). Gradients are summed over the rows in order. act_buf holds each layer's outputs for the batch back to
-    back (as activation_view lays them out); delta_buf two slots of the batch's deltas at the
-    widest layer, used in turn.
+    row-by-row loop this replaced). Gradients are summed over the rows in order. act_buf holds
+    each layer's outputs for the batch back to back (as activation_view lays them out); delta_buf
+    two slots of the batch's deltas at the widest layer, used in turn.
     """
     B = stop - start
     P = params.shape[0]
@@ -1301,9 +1301,10 @@ def _train_epochs(fused, loss):
                                                    layout, acts, loss, act_buf, delta_buf, correct,
                                                    sgd)
                 else:
-                    value = _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop,
-                                                    layout, acts, use_blas, loss, inp_buf, tgt_buf,
-                                                    act_buf, delta_buf, row_loss, correct, sgd)
+                    value = _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start,
+                                                    stop, layout, acts, use_blas, loss, inp_buf,
+                                                    tgt_buf, act_buf, delta_buf, row_loss, correct,
+                                                    sgd)
                 if l2 is not None:
                     value = _with_l2(value, grads, params, layout, SW, index, start, stop, l2)
                 if not np.isfinite(value):

@@ -188,8 +188,8 @@ for dtype in (np.float64,):  # one dtype: the paths are the same for both
 
 def test_after_precompile_common_fits_compile_nothing(tmp_path):
     """``fastbp.precompile`` compiles every path a common fit takes (train_epochs compiles one
-    per plan: the fused loop or the per-layer kernels, plain SGD, an optimiser, the estimators'
-    L2), so that the next process shows no compile notice."""
+    per loss and plan: the fused loop or the per-layer kernels, plain SGD, an optimiser, the
+    estimators' L2), so that the next process shows no compile notice."""
     env = dict(NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONWARNINGS="ignore")
     pre = _run("import fastbp; fastbp.precompile(('float64',))", **env)
     assert pre.returncode == 0, pre.stderr[-2000:]
