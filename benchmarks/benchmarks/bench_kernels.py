@@ -1,16 +1,20 @@
 """Per-kernel times at the shapes of W2 and W3: the first dense layer's forward and backward,
-the fused loss + output delta, and the SGD update over all the network's parameters.
+the fused loss + output delta, and the SGD update over all the network's parameters; and the
+elementwise activation passes over 4M elements (``Elementwise``).
 
 numpy runs the reference's expressions; fastbp runs its compiled kernels under the thread split
 its training loop uses (entered in setup, left in teardown)."""
 import contextlib
 
+import numba
 import numpy as np
 
 import fastbp
 from fastbp import _kernels as K
 from fastbp import _threads
 from fastbp import reference as ref
+from fastbp.activations import ACTIVATIONS
+from fastbp.baseline import _sigmoid
 from fastbp.losses import LOSSES
 from fastbp.workloads import WORKLOADS
 
@@ -85,3 +89,46 @@ class Kernels:
         else:
             K.sgd_update(self.params, self.velocity, self.grads, np.float32(1e-9),
                          np.float32(0.9), False, np.float32(0.0))
+
+
+_ELEMENTS = []  # the 4M inputs, drawn once per process
+
+
+class Elementwise:
+    """The sigmoid and tanh forward passes over 4M float32 elements (1024 x 4096, standard normal
+    times 3), in place, on 1 and 2 Numba threads: fastbp's compiled pass
+    (``_kernels.activation_forward``) against NumPy's, the lean baseline's ufuncs (``np.tanh``,
+    and for sigmoid ``fastbp.baseline._sigmoid``'s four in-place ufuncs). NumPy's ufuncs run on
+    one thread, so only its 1-thread rows are timed; the yardstick for both of fastbp's passes is
+    NumPy's tanh row. Each sample is one pass over a fresh copy of the input (number = 1: setup
+    runs before every sample)."""
+    params = (IMPLS, ["sigmoid", "tanh"], [1, 2])
+    param_names = ["impl", "activation", "threads"]
+    number = 1
+    repeat = (1, 21, 20.0)
+
+    def setup(self, impl, activation, threads):
+        self.saved = numba.get_num_threads()  # (teardown runs after a skip too)
+        if impl == "numpy" and threads > 1:
+            raise NotImplementedError("NumPy's ufuncs run on one thread")
+        if threads > numba.config.NUMBA_NUM_THREADS:
+            raise NotImplementedError(f"{threads} threads: this machine has fewer")
+        if not _ELEMENTS:
+            rng = np.random.default_rng(0)
+            _ELEMENTS.append((rng.standard_normal((1024, 4096)) * 3).astype(np.float32))
+        self.a = _ELEMENTS[0].copy()
+        self.code = ACTIVATIONS[activation].code
+        numba.set_num_threads(threads)
+        if impl == "fastbp":
+            K.activation_forward(self.a[:1], self.code)  # compile outside the timing
+
+    def teardown(self, impl, activation, threads):
+        numba.set_num_threads(self.saved)
+
+    def time_forward(self, impl, activation, threads):
+        if impl == "fastbp":
+            K.activation_forward(self.a, self.code)
+        elif activation == "tanh":
+            np.tanh(self.a, out=self.a)
+        else:
+            _sigmoid(self.a)
