@@ -84,6 +84,11 @@ class Engine:
         self.use_blas = net._use_blas(rows)
         self.blas = bool(self.use_blas.any())
         self.work_per_call = WORK_PER_CALL * (BLAS_WORK_FACTOR if self.blas else 1)
+        work = epoch_work(data.n, data.batch, net.n_params)
+        # whole epochs a first compiled call takes on, and whether an epoch is long enough to be
+        # cut into calls of batches (a one-batch epoch cannot be cut)
+        self.epochs_per_call = max(1, self.work_per_call // work)
+        self.long_epochs = work > 4 * self.work_per_call and data.steps > 1
         self.ws, self.grads = _scratch(net, rows, data.Y.shape[1])
         # The epoch-start copy of params and optimiser state, made where the epoch is run: in
         # the compiled loop (run_epochs), or here for an epoch cut into calls (save/restore).
@@ -157,11 +162,12 @@ class Engine:
         if rng is not None:
             _pcg.store(rng, words)
         opt.step = int(step[0])
+        n = d.n
         if done <= 8:  # a short call: NumPy's calls on small arrays cost more than floats
             rows = losses[:done].tolist()
-            return [r[0] / d.n for r in rows], [r[1] / d.n for r in rows]
+            return [r[0] / n for r in rows], [r[1] / n for r in rows]
         sums = losses[:done]
-        sums /= d.n
+        sums /= n
         return sums[:, 0], sums[:, 1]
 
     # ---------------------------------------------------------------- one epoch in blocks

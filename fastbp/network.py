@@ -213,7 +213,7 @@ class Network:
         those from before the failing epoch. Ctrl-C stops within a fraction of a second at a
         consistent point: the network is that of ``epoch`` completed epochs.
         """
-        return _training().fit(self, X, y, **options)
+        return _training().fit(self, X, y, options)
 
     fit.__signature__ = _config.signature(["self", "X", "y"])
     fit.__doc__ = fit.__doc__.replace("{options}", _config.docs().strip())

@@ -413,11 +413,12 @@ class _BaseMLP(BaseEstimator):
             return True
 
         try:
-            _train(net, X_train, self._targets(Y_train), epochs=1 if incremental else self.max_iter,
-                   batch_size=batch, schedule=sched, shuffle=self.shuffle,
-                   sample_weight=sw_train, l2=(self.alpha / s, self.alpha / self._report()),
-                   resume=resume, orders=orders if self.shuffle else None,
-                   callbacks=[after_epoch], resume_any_batch=True, signed_weights=True, **opt)
+            _train(net, X_train, self._targets(Y_train), dict(
+                epochs=1 if incremental else self.max_iter, batch_size=batch, schedule=sched,
+                shuffle=self.shuffle, sample_weight=sw_train,
+                l2=(self.alpha / s, self.alpha / self._report()), resume=resume,
+                orders=orders if self.shuffle else None, callbacks=[after_epoch],
+                resume_any_batch=True, signed_weights=True, **opt))
         except DivergenceError as exc:
             if not self.early_stopping:
                 raise DivergenceError(

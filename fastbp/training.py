@@ -24,7 +24,7 @@ import numpy as np
 from . import config as _config
 from . import data as _data
 from . import state as _state
-from .engine import CALL_SECONDS, SCRATCH_KEEP, Engine, epoch_work, resize
+from .engine import CALL_SECONDS, SCRATCH_KEEP, Engine, resize
 ORDER_BUDGET = 1 << 20  # the most sample indices drawn ahead for shuffled epochs
 
 
@@ -61,7 +61,9 @@ class Series(Sequence):
         return self._data.pop()
 
     def extend(self, values):
-        if len(values) < 64:  # the common few: as floats (a bytes round trip costs more)
+        if type(values) is list:  # a short compiled call's results: Python floats already
+            self._data.extend(values)
+        elif len(values) < 64:  # the common few: as floats (a bytes round trip costs more)
             self._data.extend(values.tolist() if isinstance(values, np.ndarray)
                               else [float(v) for v in values])
         else:  # from the bytes: extend() would loop over a NumPy array element by element
@@ -93,13 +95,21 @@ class History:
     classification, ``val_accuracy``; ``lr`` the learning rate used. ``history[i]`` is epoch i's
     record as a dict (``epoch`` counts the run's epochs, as ``Network.epoch``)."""
 
+    stopped_early = False
+    best_epoch = None  # early stopping: the run's epoch (as net.epoch) that was kept
+    _LAZY = frozenset(("val_loss", "val_accuracy"))
+
     def __init__(self, first_epoch=1):
-        self.loss, self.val_loss, self.val_accuracy, self.lr = (Series(), Series(), Series(),
-                                                                Series())
-        self.accuracy = Series()
+        self.loss, self.lr, self.accuracy = Series(), Series(), Series()
         self.first_epoch = first_epoch  # the run's number of this call's first epoch
-        self.stopped_early = False
-        self.best_epoch = None  # early stopping: the run's epoch (as net.epoch) that was kept
+
+    def __getattr__(self, name):
+        # the validation series are made on first use (a 1-epoch fit notices making series it
+        # never fills)
+        if name not in History._LAZY:
+            raise AttributeError(f"'History' object has no attribute {name!r}")
+        series = self.__dict__[name] = Series()
+        return series
 
     def __len__(self):
         return len(self.loss)
@@ -166,34 +176,23 @@ class History:
         return fig
 
 
-def fit(net, X, y, **options):
-    """``Network.fit``'s body (documented there)."""
+def fit(net, X, y, options):
+    """``Network.fit``'s body (documented there); options: the keyword arguments, a dict."""
     comm = options.get("comm")
     reducer = None
     if comm is not None:
         from .distributed import Reducer
         reducer = Reducer(_config.OPTIONS["comm"].check(comm, "comm"))
-
-    def prepare():
-        cfg = _config.Config(options)
-        part = None if reducer is None else (reducer.rank, reducer.size, cfg.sharded)
-        data = _data.TrainData(net, X, y, cfg, part)
-        st = _state.TrainState.for_run(net, cfg)
-        if cfg.checkpoint and (reducer is None or reducer.rank == 0):
-            _state.check_writable(cfg.checkpoint)
-        return cfg, data, st
-
     kept = None
     if reducer is not None:
-        cfg, data, st = reducer.agree(net, prepare)
+        cfg, data, st = reducer.agree(net, lambda: _prepare(net, X, y, options, reducer))
     else:
         key = _Prepared.key(net, X, y, options)
         if key is not None and net._prepared is not None and net._prepared.matches(key, X, y):
             kept = net._prepared
-            cfg, data = kept.call()
-            st = _state.TrainState.for_run(net, cfg)
+            cfg, data, st = kept.call(net)
         else:
-            cfg, data, st = prepare()
+            cfg, data, st = _prepare(net, X, y, options, reducer)
             if key is not None:  # before the run changes its optimiser and schedule
                 kept = _Prepared(key, X, y, cfg, data)
     # Every check has passed: from here on the network is touched.
@@ -207,8 +206,7 @@ def fit(net, X, y, **options):
             kept.engine = engine
             net._prepared = kept
     run = _Run(net, cfg, data, st, engine, reducer)
-    guard = nullcontext() if reducer is None else reducer.abort_on_error()
-    with guard:
+    with _NO_GUARD if reducer is None else reducer.abort_on_error():
         if reducer is not None:
             reducer.start(net, st)
         with engine.threads(), _deferred_interrupts() as interrupted:
@@ -216,6 +214,20 @@ def fit(net, X, y, **options):
     if reducer is not None:
         history.comm = reducer.stats()
     return history
+
+
+_NO_GUARD = nullcontext()  # stateless: one serves every call
+
+
+def _prepare(net, X, y, options, reducer):
+    """A fit call validated: (config.Config, data.TrainData, state.TrainState); touches nothing."""
+    cfg = _config.Config(options)
+    part = None if reducer is None else (reducer.rank, reducer.size, cfg.sharded)
+    data = _data.TrainData(net, X, y, cfg, part)
+    st = _state.TrainState.for_run(net, cfg)
+    if cfg.checkpoint and (reducer is None or reducer.rank == 0):
+        _state.check_writable(cfg.checkpoint)
+    return cfg, data, st
 
 
 class _Prepared:
@@ -234,12 +246,13 @@ class _Prepared:
     SMALL_DATA = 1 << 16
     _PLAIN = frozenset((bool, int, float, str, type(None)))
 
-    __slots__ = ("_key", "_bytes", "cfg", "optimizer", "schedule", "data", "engine")
+    __slots__ = ("_key", "_bytes", "cfg", "data", "engine")
 
     def __init__(self, key, X, y, cfg, data):
         self._key, self._bytes = key, (X.tobytes(), y.tobytes())
-        self.cfg, self.optimizer, self.schedule = _copy(cfg), _copy(cfg.optimizer), _copy(
-            cfg.schedule)
+        # a Config of our own, never run: its optimiser and schedule are copies of the caller's
+        self.cfg = _copy(cfg)
+        self.cfg.optimizer, self.cfg.schedule = _copy(cfg.optimizer), _copy(cfg.schedule)
         self.data, self.engine = data, None  # the engine once the first call has built it
 
     @classmethod
@@ -258,11 +271,15 @@ class _Prepared:
     def matches(self, key, X, y):
         return key == self._key and (X.tobytes(), y.tobytes()) == self._bytes
 
-    def call(self):
-        """(cfg, data) for a new call: the Config with a fresh optimiser and schedule."""
-        cfg = _copy(self.cfg)
-        cfg.optimizer, cfg.schedule = _copy(self.optimizer), _copy(self.schedule)
-        return cfg, self.data
+    def call(self, net):
+        """(cfg, data, TrainState) for a new call. A new run gets a fresh copy of the optimiser
+        and schedule (whose values the first call's TrainState.for_run checked against the
+        network's dtype); resume=True goes through for_run, which compares the settings."""
+        cfg = self.cfg
+        if cfg.resume:
+            return cfg, self.data, _state.TrainState.for_run(net, cfg)
+        return cfg, self.data, _state.TrainState(_copy(cfg.optimizer), _copy(cfg.schedule),
+                                                 cfg.batch_size, cfg.shuffle)
 
 
 def _copy(obj):
@@ -287,16 +304,15 @@ class _Run:
     def epochs(self, interrupted):
         cfg, st, data, hist = self.cfg, self.st, self.data, self.history
         bar = _progress_bar(cfg.epochs) if cfg.progress and self.lead else None
-        work = epoch_work(data.n, data.batch, self.net.n_params)
         # shuffled orders are drawn in the compiled loop, except orders the caller supplies
         # (scikit-learn's), which are drawn here ahead of each call, so calls are capped
         drawn_here = st.shuffle and data.orders is not None
         order_cap = max(1, ORDER_BUDGET // data.n) if drawn_here else cfg.epochs
-        per_call = max(1, min(cfg.epochs, self.engine.work_per_call // work, order_cap))
+        per_call = min(cfg.epochs, self.engine.epochs_per_call, order_cap)
         # epochs of several batches, longer than a compiled call, go through the engine in
-        # pieces of batches (the same arithmetic, cut where Ctrl-C can be seen); a one-batch
-        # epoch cannot be cut, and the pieces' bookkeeping would cost a one-step fit 10%
-        pieces = self.per_epoch or (work > 4 * self.engine.work_per_call and data.steps > 1)
+        # pieces of batches (the same arithmetic, cut where Ctrl-C can be seen); the pieces'
+        # bookkeeping would cost a one-step fit 10%
+        pieces = self.per_epoch or self.engine.long_epochs
         done = 0
         try:
             while done < cfg.epochs:
@@ -316,9 +332,10 @@ class _Run:
                                                               self.net._shuffle_rng)
                     else:
                         losses, accs = self.engine.run_epochs(lrs, self._orders(count))
-                    lrs = lrs[:len(losses)]
+                    if len(losses) < count:
+                        lrs = lrs[:len(losses)]
                 seconds = time.perf_counter() - t0
-                if not pieces:
+                if not pieces and done + len(losses) < cfg.epochs:  # another call follows
                     per_call = min(resize(count, seconds), order_cap, cfg.epochs)
                     pieces = count == 1 and seconds > 2 * CALL_SECONDS and data.steps > 1
                 elif not self.per_epoch and seconds < CALL_SECONDS / 4:

@@ -2,6 +2,7 @@
 resume, the history, logs, summary and score, plots, install hints, the demo's help, and the
 notice while the kernels compile."""
 import os
+import pickle
 import subprocess
 import sys
 
@@ -74,6 +75,12 @@ def test_history_records_are_indexable_with_training_accuracy():
         hist[4]
     reg = fastbp.Network([4, 3], loss="mse").fit(X, np.zeros((60, 3)), epochs=2)
     assert "accuracy" not in reg[0] and len(reg.accuracy) == 0
+    # without validation data its series are there, empty, and a History survives pickling
+    assert first.val_loss == [] and first.val_accuracy == [] and "val_loss" not in first[0]
+    back = pickle.loads(pickle.dumps(hist))
+    assert [back[i] for i in range(4)] == [hist[i] for i in range(4)]
+    with pytest.raises(AttributeError, match="no attribute 'val_los'"):
+        first.val_los
 
 
 def test_log_every_prints_validation_loss_and_accuracy(capsys):
