@@ -21,6 +21,10 @@ threads; see ``_threads.py``) and the activation passes as standalone kernels. D
 runs its per-layer kernels inside the BLAS split, with one Numba thread, so they are serial:
 compiled parallel they ran no faster and cost 3.5 s of a first fit's 17 (measured).
 
+Compiling: the kernels that only compiled code calls are ``@inner`` (``_jit.py``: no Numba
+wrappers, a call from Python goes to a twin that has them); the drivers, and the kernels the
+Python layer calls as it trains and predicts, are plain ``@njit``.
+
 Reproducibility: every ``prange`` loop gives each iteration its own output elements (rows of
 ``out``, blocks of rows, blocks of ``dweight``), and every sum runs in a fixed order inside one
 iteration. No two threads write the same element and no reduction order depends on the thread
@@ -37,6 +41,7 @@ from . import _notice
 from . import _pcg
 from . import _threads
 from . import _vmath as vm
+from ._jit import inner
 
 _threads.start_pool()  # before any cached kernel runs: see _threads.start_pool
 _notice.install()  # a first compile says so (see _notice)
@@ -89,7 +94,7 @@ PARALLEL_MIN_WORK = 1 << 15  # element operations below which a loop stays on th
 # --------------------------------------------------------------------------- scalar helpers
 
 
-@njit(cache=True, error_model="numpy")
+@inner(error_model="numpy")
 def _logsumexp_parts(logits, b):
     """(m, s) for row b of logits (B, OC): m its maximum, s = sum exp(logits - m) in float64,
     so every term is <= 1 and log-sum-exp = m + log(s) stays finite for huge logits."""
@@ -103,7 +108,7 @@ def _logsumexp_parts(logits, b):
     return m, s
 
 
-@njit(cache=True)
+@inner()
 def _shift_by_max(d, z):
     """d (OC,) = z - m for z (OC,), m its largest element, returned; d may alias z. Every exp of
     the softmax is taken of these, so each term is <= 1 and none overflows."""
@@ -115,14 +120,14 @@ def _shift_by_max(d, z):
     return m
 
 
-@njit(cache=True, error_model="numpy")
+@inner(error_model="numpy")
 def _exp_block(z):
     """z (n,) = exp(z), in place, in one vectorised loop."""
     for i in range(z.shape[0]):
         z[i] = vm.exp(z[i])
 
 
-@njit(cache=True)
+@inner()
 def _sum64(d):
     """The sum of d (OC,) in float64, in order."""
     s = np.float64(0)
@@ -131,7 +136,7 @@ def _sum64(d):
     return s
 
 
-@njit(cache=True, error_model="numpy")
+@inner(error_model="numpy")
 def _ce_delta(d, label, B):
     """d (OC,) holds exp(z - m) on entry and (softmax(z) - onehot(label)) / B on exit; returns
     s, the sum of the exps in float64."""
@@ -155,7 +160,7 @@ def _poisson_row_term(z, y):
 # --------------------------------------------------------------------------- when to go parallel
 
 
-@njit(cache=True)
+@inner()
 def _parallel(work):
     """Whether a loop of ``work`` element operations is worth waking the thread pool.
 
@@ -172,7 +177,7 @@ def _parallel(work):
 # outside the loop, so each loop vectorises (error_model="numpy": no division checks in them).
 
 
-@njit(cache=True, error_model="numpy")
+@inner(error_model="numpy")
 def _act_row(row, act):
     """row (N,) = act(row), in place."""
     N = row.shape[0]
@@ -190,7 +195,7 @@ def _act_row(row, act):
             row[j] = row[j] if not row[j] < 0 else row[j] * LEAKY_SLOPE
 
 
-@njit(cache=True, error_model="numpy")
+@inner(error_model="numpy")
 def _act_grad_row(drow, arow, act):
     """drow (N,) = dL/da in, dL/dz out, in place; the derivative from the output arow (N,):
     sigmoid' = a (1 - a), tanh' = 1 - a^2, relu/leaky_relu test a > 0, which is z > 0."""
@@ -209,7 +214,7 @@ def _act_grad_row(drow, arow, act):
             drow[j] = drow[j] if arow[j] > 0 else drow[j] * LEAKY_SLOPE
 
 
-@njit(cache=True)
+@inner()
 def _act_rows(a, act, b0, b1):
     """Rows b0..b1-1 of a (B, N) = act(those rows), in place, as one flat loop: a narrow layer's
     rows are too short to pay for a loop (and a call) each."""
@@ -217,7 +222,7 @@ def _act_rows(a, act, b0, b1):
         _act_row(a[b0:b1].reshape(-1), act)
 
 
-@njit(cache=True)
+@inner()
 def _act_grad_rows(dz, a, act, b0, b1):
     """Rows b0..b1-1 of dz (B, N): dL/da in, dL/dz out, from the output a (B, N), as one flat
     loop (see _act_rows)."""
@@ -225,7 +230,7 @@ def _act_grad_rows(dz, a, act, b0, b1):
         _act_grad_row(dz[b0:b1].reshape(-1), a[b0:b1].reshape(-1), act)
 
 
-@njit(parallel=True, cache=True)
+@inner(parallel=True)
 def activation_forward(a, act):
     """a (B, N): pre-activation z in, act(z) out, in place; blocks of ROW_BLOCK rows in parallel
     for large arrays."""
@@ -237,7 +242,7 @@ def activation_forward(a, act):
         _act_rows(a, act, 0, B)
 
 
-@njit(parallel=True, cache=True)
+@inner(parallel=True)
 def activation_backward(dz, a, act):
     """dz (B, N): dL/da in, dL/dz out, in place; the derivative is taken from the output a (B, N),
     so the backward pass needs no copy of z (see _act_grad_row). The training loop does this
@@ -253,7 +258,7 @@ def activation_backward(dz, a, act):
 # --------------------------------------------------------------------------- dense layer
 
 
-@njit(cache=True)
+@inner()
 def _dense_forward_row(out, inp, weight, bias, act, b):
     """Row b of out (B, OC) = act(inp (B, C) @ weight (C, OC) + bias): the weight rows are
     streamed contiguously, accumulating into the output row, activated while it is in cache."""
@@ -269,7 +274,7 @@ def _dense_forward_row(out, inp, weight, bias, act, b):
     _act_row(o_row, act)
 
 
-@njit(cache=True)
+@inner()
 def _bias_act(out, bias, act):
     """out (B, OC) = act(out + bias): the pass after a gemm, the activation as one flat loop (a
     narrow layer's rows are too short to pay for a loop each)."""
@@ -280,7 +285,7 @@ def _bias_act(out, bias, act):
     _act_row(out.reshape(-1), act)
 
 
-@njit(cache=True)
+@inner()
 def dense_forward(out, inp, weight, bias, act, use_blas):
     """out (B, OC) = act(inp (B, C) @ weight (C, OC) + bias (OC,)); act: an ACT_ code
     (ACT_IDENTITY for logits).
@@ -298,7 +303,7 @@ def dense_forward(out, inp, weight, bias, act, use_blas):
             _dense_forward_row(out, inp, weight, bias, act, b)
 
 
-@njit(cache=True)
+@inner()
 def _dbias_block(dbias, dout, k):
     """dbias[o] = the sum over rows of dout[:, o] for the k-th block of output features, rows in
     order."""
@@ -315,7 +320,7 @@ def _dbias_block(dbias, dout, k):
             db[j] += row[j]
 
 
-@njit(cache=True)
+@inner()
 def delta_and_dbias(dbias, dout, out, act):
     """dout (B, OC) = dL/d(out) in, dL/dz out for out = act(z) (B, OC), in place (ACT_IDENTITY
     leaves it), and dbias (OC,) = its sum over rows, rows in order: all rows, then blocks of
@@ -326,7 +331,7 @@ def delta_and_dbias(dbias, dout, out, act):
         _dbias_block(dbias, dout, k)
 
 
-@njit(cache=True)
+@inner()
 def _dweight_row(dweight, dout, inp, c):
     """Row c of dweight (C, OC) = inp^T @ dout: the batch rows summed in order."""
     B, OC = dout.shape
@@ -342,7 +347,7 @@ def _dweight_row(dweight, dout, inp, c):
             dw[o] += x * row[o]
 
 
-@njit(cache=True)
+@inner()
 def _dinp_row(dinp, dout, weight, b):
     """Row b of dinp (B, C) = dout @ weight^T."""
     C, OC = weight.shape
@@ -384,7 +389,7 @@ def _gemm_sgd_step_compiled(weight, inp, dout, lr):
     return impl
 
 
-@njit(cache=True)
+@inner()
 def dense_backward(dinp, dweight, dbias, dout, inp, weight, bias, out, act, use_blas, need_dinp,
                    sgd):
     """Backward of ``dense_forward``, given dout (B, OC) = dL/d(out) for out = act(z) (B, OC).
@@ -426,7 +431,7 @@ def dense_backward(dinp, dweight, dbias, dout, inp, weight, bias, out, act, use_
 # the same terms in the same order as the dense loops less the zero ones.
 
 
-@njit(cache=True)
+@inner()
 def _sparse_forward_row(out, data, indices, indptr, index, start, weight, bias, act, b):
     """Row b of out (B, OC) = act(X[index[start + b]] @ weight (C, OC) + bias)."""
     OC = weight.shape[1]
@@ -441,7 +446,7 @@ def _sparse_forward_row(out, data, indices, indptr, index, start, weight, bias, 
     _act_row(out[b], act)
 
 
-@njit(parallel=True, cache=True)
+@inner(parallel=True)
 def sparse_forward(out, data, indices, indptr, index, start, weight, bias, act):
     """out (B, OC) = act(X[index[start:start + B]] @ weight (C, OC) + bias (OC,)), X (N, C) in CSR
     (data (nnz,), indices (nnz,), indptr (N + 1,)); parallel over batch rows."""
@@ -455,7 +460,7 @@ def sparse_forward(out, data, indices, indptr, index, start, weight, bias, act):
             _sparse_forward_row(out, data, indices, indptr, index, start, weight, bias, act, b)
 
 
-@njit(cache=True)
+@inner()
 def _sparse_dweight_block(dweight, data, indices, indptr, index, start, dout, k):
     """Columns [k * BIAS_BLOCK, ...) of dweight (C, OC) = X_batch^T @ dout (B, OC): zeroed, then
     each batch row's stored values scattered, rows in order."""
@@ -474,7 +479,7 @@ def _sparse_dweight_block(dweight, data, indices, indptr, index, start, dout, k)
                 dweight[c, o] += x * dout[b, o]
 
 
-@njit(parallel=True, cache=True)
+@inner(parallel=True)
 def sparse_backward(dweight, dbias, dout, out, act, data, indices, indptr, index, start):
     """Backward of ``sparse_forward`` (the first layer: no input gradient), dout (B, OC) =
     dL/d(out) made dL/dz in place as in dense_backward: dbias (OC,) = its sum over rows, dweight
@@ -495,7 +500,7 @@ def sparse_backward(dweight, dbias, dout, out, act, data, indices, indptr, index
 # --------------------------------------------------------------------------- losses (fused with output)
 
 
-@njit(cache=True, error_model="numpy")
+@inner(error_model="numpy")
 def _loss_row(logits, targets, loss, b):
     """Row b's loss, summed over its outputs, in float64."""
     OC = logits.shape[1]
@@ -543,7 +548,7 @@ def loss_forward(row_loss, logits, targets, loss):
     return total / (B if loss == LOSS_CE else B * OC)
 
 
-@njit(cache=True, error_model="numpy")
+@inner(error_model="numpy")
 def _loss_backward_row(dlogits, logits, targets, loss, b):
     B, OC = logits.shape
     if loss == LOSS_BCE:
@@ -564,7 +569,7 @@ def _loss_backward_row(dlogits, logits, targets, loss, b):
             dlogits[b, o] = (logits[b, o] - targets[b, o]) * scale
 
 
-@njit(cache=True, error_model="numpy")
+@inner(error_model="numpy")
 def _ce_block(row_loss, logits, targets, b0, b1):
     """Rows b0..b1-1 of ``loss_forward_backward`` for cross-entropy. Each row's maximum m is taken
     off (z - m, the argument of exp, as in _shift_by_max) and z[label] - m kept in row_loss;
@@ -610,7 +615,7 @@ def loss_forward_backward(row_loss, logits, targets, loss):
     return total / (B if loss == LOSS_CE else B * OC)
 
 
-@njit(cache=True)
+@inner()
 def loss_backward(dlogits, logits, targets, loss):
     """dlogits (B, OC) = dL/dlogits of ``loss_forward``'s mean loss; may alias logits.
 
@@ -687,7 +692,7 @@ def _sgd_step(p, g, lr):
         p[i] -= lr * g[i]
 
 
-@njit(cache=True)
+@inner()
 def _sgd_chunk(params, velocity, grads, lr, momentum, nesterov, weight_decay, update_velocity, k):
     """Elements [k * UPDATE_CHUNK, (k + 1) * UPDATE_CHUNK) of the update. One loop per case, so
     each body is branch-free, and loops over views from index 0, which Numba compiles without
@@ -719,7 +724,7 @@ def _sgd_chunk(params, velocity, grads, lr, momentum, nesterov, weight_decay, up
         p[i] -= lr * (gi + momentum * vi if nesterov else vi)
 
 
-@njit(cache=True)
+@inner()
 def sgd_update(params, velocity, grads, lr, momentum, nesterov, weight_decay,
                update_velocity=False):
     """One ``torch.optim.SGD`` step over the flat buffers params, velocity, grads (P,), in place.
@@ -737,7 +742,7 @@ def sgd_update(params, velocity, grads, lr, momentum, nesterov, weight_decay,
                    update_velocity, k)
 
 
-@njit(cache=True)
+@inner()
 def _adam_chunk(params, m, v, grads, c, beta1, beta2, weight_decay, decoupled, k):
     """Elements [k * UPDATE_CHUNK, (k + 1) * UPDATE_CHUNK) of the Adam/AdamW update; c holds
     (lr, lr / (1 - beta1^t), sqrt(1 - beta2^t), eps inside, eps outside) in the parameters'
@@ -766,7 +771,7 @@ def _adam_chunk(params, m, v, grads, c, beta1, beta2, weight_decay, decoupled, k
         p[i] -= step_size * (mi / ((np.sqrt(vi) + eps_in) / bc2_sqrt + eps_out))
 
 
-@njit(cache=True)
+@inner()
 def adam_update(params, m, v, grads, c, beta1, beta2, weight_decay, decoupled):
     """One ``torch.optim.Adam`` (decoupled=False) or ``torch.optim.AdamW`` (decoupled=True) step
     over the flat buffers params, m, v, grads (P,), in place; c as for _adam_chunk.
@@ -781,7 +786,7 @@ def adam_update(params, m, v, grads, c, beta1, beta2, weight_decay, decoupled):
         _adam_chunk(params, m, v, grads, c, beta1, beta2, weight_decay, decoupled, k)
 
 
-@njit(cache=True)
+@inner()
 def optimizer_update(params, state, grads, opt, lr, hyper, t):
     """Step t (1, 2, ...) of optimiser ``opt`` over params (P,) from grads (P,), in place.
 
@@ -806,7 +811,7 @@ def optimizer_update(params, state, grads, opt, lr, hyper, t):
                 hyper[H_WEIGHT_DECAY], opt == OPT_ADAMW)
 
 
-@njit(cache=True)
+@inner()
 def l2_penalty(grads, params, layout, coef):
     """sklearn's ``alpha``: adds coef * W to the weight gradients (biases are not penalised) and
     returns 0.5 * coef * sum(W^2), the penalty's share of the loss."""
@@ -825,7 +830,7 @@ def l2_penalty(grads, params, layout, coef):
 # --------------------------------------------------------------------------- whole network
 
 
-@njit(cache=True)
+@inner()
 def layer_views(params, layout, l):
     """Views W (C, OC) and b (OC,) of layer l inside the flat buffer params (P,)."""
     C = layout[l, LAY_C]
@@ -835,7 +840,7 @@ def layer_views(params, layout, l):
     return params[w0:w0 + C * OC].reshape((C, OC)), params[b0:b0 + OC]
 
 
-@njit(cache=True)
+@inner()
 def activation_view(act_buf, layout, B, l):
     """View A_l (B, OC_l) of act_buf, which holds A_0..A_{L-1} back to back for a batch of B rows."""
     off = 0
@@ -845,13 +850,13 @@ def activation_view(act_buf, layout, B, l):
     return act_buf[off:off + B * OC].reshape((B, OC))
 
 
-@njit(cache=True)
+@inner()
 def out_act(acts, L, l):
     """Layer l's activation code: acts[l] for the hidden layers, identity for the logits."""
     return acts[l] if l < L - 1 else ACT_IDENTITY
 
 
-@njit(cache=True)
+@inner()
 def network_forward(act_buf, params, inp, layout, acts, use_blas, first=0):
     """Forward pass of inp (B, C_0) through layers first..L-1 into act_buf.
 
@@ -868,7 +873,7 @@ def network_forward(act_buf, params, inp, layout, acts, use_blas, first=0):
                       use_blas[l])
 
 
-@njit(cache=True)
+@inner()
 def sparse_network_forward(act_buf, params, Xs, index, start, B, layout, acts, use_blas):
     """``network_forward`` for the B rows index[start:start + B] of a CSR X (Xs, as for
     ``batch_gradients``): the first layer through ``sparse_forward``, the rest as for dense input."""
@@ -878,7 +883,7 @@ def sparse_network_forward(act_buf, params, Xs, index, start, B, layout, acts, u
     network_forward(act_buf, params, act_buf[:0].reshape((B, 0)), layout, acts, use_blas, 1)
 
 
-@njit(cache=True)
+@inner()
 def network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, use_blas, sgd,
                      last=0):
     """Backward pass of layers L-1..last filling grads (P,), laid out like params, for the batch
@@ -908,7 +913,7 @@ def network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, use_b
     return dout
 
 
-@njit(cache=True)
+@inner()
 def _gather_row(inp, tgt, X, Y, index, start, b):
     r = index[start + b]
     # explicit loops, not slice assignment: the same machine code, a fraction of the compile time
@@ -918,7 +923,7 @@ def _gather_row(inp, tgt, X, Y, index, start, b):
         tgt[b, t] = Y[r, t]
 
 
-@njit(cache=True)
+@inner()
 def gather_rows(inp, tgt, X, Y, index, start):
     """inp (B, C_0) = X[index[start:start+B]], tgt (B, T) = Y[same rows]: the batch is gathered
     into a workspace, the data set itself is never copied or reordered."""
@@ -926,7 +931,7 @@ def gather_rows(inp, tgt, X, Y, index, start):
         _gather_row(inp, tgt, X, Y, index, start, b)
 
 
-@njit(cache=True)
+@inner()
 def copy(dst, src):
     """dst[:] = src for flat arrays, as a loop (slice assignment compiles far slower)."""
     for i in range(src.shape[0]):
@@ -949,7 +954,7 @@ def restore_state(params, state, backup):
     copy(state, backup[P:])
 
 
-@njit(cache=True)
+@inner()
 def _count_nonfinite(x):
     """How many elements of x (n,) are inf or NaN: a count, not a search, so the loop vectorises."""
     k = 0
@@ -968,7 +973,7 @@ def all_finite(x):
     return True
 
 
-@njit(cache=True)
+@inner()
 def weight_sum(SW, index, start, stop):
     """Sum of the sample weights SW (N,) of rows index[start:stop], in float64."""
     s = np.float64(0)
@@ -977,7 +982,7 @@ def weight_sum(SW, index, start, stop):
     return s
 
 
-@njit(cache=True)
+@inner()
 def _first_of_run(index, start, stop):
     """index[start] if index[start:stop] are consecutive rows (index[start] + 0, 1, ...), else
     -1."""
@@ -1230,7 +1235,7 @@ def plan(use_blas, Xs, opt, hyper, l2):
     return fused_loop(use_blas, Xs), None if plain else hyper, None if l2[0] == 0 else l2
 
 
-@njit(cache=True)
+@inner()
 def _with_l2(value, grads, params, layout, SW, index, start, stop, l2):
     """value plus scikit-learn's L2 penalty, its gradient added to grads (see batch_gradients)."""
     if l2[0] == 0 or not np.isfinite(value):

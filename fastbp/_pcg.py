@@ -18,7 +18,7 @@ as the dictionary does (else they go through the dictionary).
 import ctypes
 
 import numpy as np
-from numba import njit
+from ._jit import inner
 
 U = np.uint64
 MULT_HI = U(2549297995355413924)
@@ -108,7 +108,7 @@ def store(rng, w):
         views[1][...] = tail
 
 
-@njit(cache=True)
+@inner()
 def _mulhi(a, b):
     """The high 64 bits of the 128-bit product a * b (uint64s), through 32-bit halves."""
     a0, a1 = a & LO32, a >> S32
@@ -119,7 +119,7 @@ def _mulhi(a, b):
     return a1 * b1 + (t >> S32) + (w1 >> S32)
 
 
-@njit(cache=True)
+@inner()
 def next_uint64(w):
     """PCG64's next output: state = state * MULT + inc (mod 2^128), then XSL-RR of the new state."""
     lo, hi = w[0], w[1]
@@ -133,7 +133,7 @@ def next_uint64(w):
     return (x >> rot) | (x << ((U(64) - rot) & S63))
 
 
-@njit(cache=True)
+@inner()
 def next_uint32(w):
     """NumPy's 32-bit draw: the low half of a 64-bit output, the high half kept for the next."""
     if w[4] != 0:
@@ -145,7 +145,7 @@ def next_uint32(w):
     return x & LO32
 
 
-@njit(cache=True)
+@inner()
 def random_interval(w, max_val):
     """A uniform integer in [0, max_val] by masked rejection, as NumPy's random_interval."""
     if max_val == 0:
@@ -165,7 +165,7 @@ def random_interval(w, max_val):
     return v
 
 
-@njit(cache=True)
+@inner()
 def permutation(w, out):
     """out (n,) = rng.permutation(n) for the generator whose state words are w (advanced)."""
     n = out.shape[0]
