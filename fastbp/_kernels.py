@@ -28,13 +28,14 @@ Python layer calls as it trains and predicts, are plain ``@njit``.
 Reproducibility: every ``prange`` loop gives each iteration its own output elements (rows of
 ``out``, blocks of rows, blocks of ``dweight``), and every sum runs in a fixed order inside one
 iteration. No two threads write the same element and no reduction order depends on the thread
-count, so results are bit-identical for any number of Numba threads. BLAS (``np.dot`` with
-``out``, and the gemm of plain SGD's step, ``_gemm_sgd_step``) is only ever called outside
-``prange``; the Python layer decides how many threads BLAS may use (see ``_threads.py``).
+count, so results are bit-identical for any number of Numba threads. BLAS (``gemm``) is only
+ever called outside ``prange``; the Python layer decides how many threads BLAS may use (see
+``_threads.py``).
 """
 import numpy as np
 from numba import njit, prange, types
-from numba.extending import overload
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 from numba.np.linalg import ensure_blas
 
 from . import _notice
@@ -81,8 +82,7 @@ ROW_BLOCK = 64  # rows per task of the elementwise passes
 UPDATE_CHUNK = 4096  # parameters per optimiser task
 
 # C = alpha op(A) op(B) + beta C in column-major order, Numba's own entry to SciPy's BLAS (what
-# np.dot calls inside @njit; registered when Numba starts, so cached code finds it): np.dot has
-# no alpha and beta, which the fused SGD step needs (``_gemm_sgd_step``).
+# np.dot calls inside @njit; registered when Numba starts, so cached code finds it); ``gemm``.
 ensure_blas()
 _xxgemm = types.ExternalFunction("numba_xxgemm", types.intc(
     types.char, types.char, types.char, types.intp, types.intp, types.intp, types.voidptr,
@@ -296,7 +296,7 @@ def dense_forward(out, inp, weight, bias, act, use_blas):
     """
     B = inp.shape[0]
     if use_blas:
-        np.dot(inp, weight, out)
+        gemm(out, inp, weight, 1, 0)
         _bias_act(out, bias, act)
     else:
         for b in range(B):
@@ -360,30 +360,52 @@ def _dinp_row(dinp, dout, weight, b):
         dinp[b, c] = s
 
 
-def _gemm_sgd_step(weight, inp, dout, lr):
-    """weight (C, OC) -= lr * inp (B, C)^T @ dout (B, OC): plain SGD's step on a layer without its
-    gradient written out. In compiled code one gemm (alpha -lr, beta 1, below: at 4096 x 4096,
-    batch 128, 9.8 ms against 14.6 for the gradient's gemm and then the update, measured); here,
-    for NUMBA_DISABLE_JIT=1, NumPy."""
-    weight -= lr * (inp.T @ dout)
+def gemm(c, a, b, alpha, beta):
+    """c (M, N) = alpha * a (M, K) @ b (K, N) + beta * c, in place; a and b C-contiguous or
+    transposed views of C-contiguous arrays (``w.T``). In compiled code one call of BLAS gemm
+    (Numba's entry to SciPy's, which np.dot uses: np.dot has no alpha and beta, which plain SGD's
+    fused step needs, and its own checks and paths made every compiled level that links it
+    longer to compile); here, for NUMBA_DISABLE_JIT=1, NumPy."""
+    if beta == 0:
+        c[...] = alpha * (a @ b)
+    else:
+        c *= beta
+        c += alpha * (a @ b)
 
 
-@overload(_gemm_sgd_step)
-def _gemm_sgd_step_compiled(weight, inp, dout, lr):
-    kind = ord("s") if weight.dtype == types.float32 else ord("d")
-    no, trans = ord("n"), ord("t")  # here: ord() in the compiled body is a compile of its own
-    if not all(getattr(a, "layout", "") == "C" for a in (weight, inp, dout)):
-        return _gemm_sgd_step  # the gemm below reads contiguous rows; else the plain form above
+@intrinsic
+def _address_of(typingctx, x):
+    """A pointer to a copy of the scalar x in the caller's stack frame (BLAS takes alpha and beta
+    by address)."""
+    def codegen(context, builder, signature, args):
+        slot = cgutils.alloca_once_value(builder, args[0])
+        return builder.bitcast(slot, cgutils.voidptr_t)
+    return types.voidptr(x), codegen
 
-    def impl(weight, inp, dout, lr):
-        B, C = inp.shape
-        OC = dout.shape[1]
-        alpha = np.empty(1, weight.dtype)
-        alpha[0] = -lr
-        one = np.ones(1, weight.dtype)
-        # row-major weight^T (OC, C) += alpha * dout^T (OC, B) @ inp (B, C), column-major terms
-        status = _xxgemm(kind, no, trans, OC, C, B, alpha.ctypes, dout.ctypes, OC,
-                         inp.ctypes, C, one.ctypes, weight.ctypes, OC)
+
+@overload(gemm)
+def _gemm_compiled(c, a, b, alpha, beta):
+    layouts = [getattr(x, "layout", "") for x in (c, a, b)]
+    if layouts[0] != "C" or not all(lay in ("C", "F") for lay in layouts[1:]):
+        return gemm  # not contiguous: the NumPy form above
+    kind = ord("s") if c.dtype == types.float32 else ord("d")
+    # row-major c = a @ b is column-major c^T = b^T @ a^T: a C-contiguous array's memory is its
+    # transpose in column-major order ("n"), a transposed one's is the array itself ("t").
+    # (ord() here, at typing: in the compiled body it is a compile of its own.)
+    trans_b, trans_a = [ord("n") if lay == "C" else ord("t") for lay in layouts[2:0:-1]]
+    a_c, b_c = layouts[1] == "C", layouts[2] == "C"
+    cast = np.float32 if c.dtype == types.float32 else np.float64
+
+    def impl(c, a, b, alpha, beta):
+        M, K = a.shape
+        N = b.shape[1]
+        if b.shape[0] != K or c.shape[0] != M or c.shape[1] != N:
+            raise ValueError("gemm: the shapes of c, a and b do not match")
+        if M == 0 or N == 0:
+            return
+        status = _xxgemm(kind, trans_b, trans_a, N, M, K, _address_of(cast(alpha)), b.ctypes,
+                         max(1, N if b_c else K), a.ctypes, max(1, K if a_c else M),
+                         _address_of(cast(beta)), c.ctypes, N)
         if status != 0:
             raise RuntimeError("BLAS gemm (SciPy's, through Numba) is not available")
     return impl
@@ -407,11 +429,12 @@ def dense_backward(dinp, dweight, dbias, dout, inp, weight, bias, out, act, use_
     # dinp first: it takes the weight from before the step
     if use_blas:
         if need_dinp:
-            np.dot(dout, weight.T, dinp)
-        if sgd.shape[0] > 0:
-            _gemm_sgd_step(weight, inp, dout, sgd[0])
+            gemm(dinp, dout, weight.T, 1, 0)
+        if sgd.shape[0] > 0:  # the step in the gemm (dweight not written): at 4096 x 4096, batch
+            # 128, 9.8 ms against 14.6 for the gradient's gemm and then the update (measured)
+            gemm(weight, inp.T, dout, -sgd[0], 1)
         else:
-            np.dot(inp.T, dout, dweight)
+            gemm(dweight, inp.T, dout, 1, 0)
     else:
         if need_dinp:
             for b in range(B):

@@ -430,3 +430,34 @@ def test_an_inner_kernel_called_from_python_runs_its_twin(tmp_path):
     assert same == "True"  # the same bits from Python and from compiled code
     assert close == "True" or float(close) < 1e-15
     assert no_wrapper == "True" and twin == "_act_row__python"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(5, 3, 4), (1, 7, 1), (4, 0, 3), (0, 2, 3)])
+def test_gemm_matches_numpy_for_plain_and_transposed_operands(dtype, shape):
+    M, K_, N = shape
+
+    @numba.njit
+    def run(c, a, b, alpha, beta, ta, tb):
+        # each layout pair is its own specialisation of the gemm overload
+        if ta and tb:
+            K.gemm(c, a.T, b.T, alpha, beta)
+        elif ta:
+            K.gemm(c, a.T, b, alpha, beta)
+        elif tb:
+            K.gemm(c, a, b.T, alpha, beta)
+        else:
+            K.gemm(c, a, b, alpha, beta)
+
+    for ta in (False, True):
+        for tb in (False, True):
+            a = rand((K_, M) if ta else (M, K_), dtype, 1)
+            b = rand((N, K_) if tb else (K_, N), dtype, 2)
+            c0 = rand((M, N), dtype, 3)
+            for alpha, beta in ((1.0, 0.0), (-0.5, 1.0), (2.0, 0.25)):
+                c = c0.copy()
+                run(c, a, b, alpha, beta, ta, tb)
+                want = alpha * ((a.T if ta else a).astype(np.float64)
+                                @ (b.T if tb else b).astype(np.float64)) + beta * c0
+                np.testing.assert_allclose(c, want, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                                           atol=1e-6 if dtype == np.float32 else 1e-13)
