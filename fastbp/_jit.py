@@ -26,14 +26,19 @@ class _Inner(CPUDispatcher):
     def __call__(self, *args, **kwargs):
         twin = self.__dict__.get("_twin")
         if twin is None:
-            twin = self._twin = _twin(self.py_func, self._twin_options)
+            twin = self._twin = _twin(self)
         return twin(*args, **kwargs)
 
 
-def _twin(f, options):
+_NOT_FOR_TWIN = frozenset(("no_cpython_wrapper", "no_cfunc_wrapper", "nopython"))
+
+
+def _twin(disp):
+    f = disp.py_func
     g = types.FunctionType(f.__code__, f.__globals__, f.__name__, f.__defaults__, f.__closure__)
     g.__qualname__ = f.__qualname__ + "__python"  # its own cache files
     g.__module__, g.__doc__, g.__kwdefaults__ = f.__module__, f.__doc__, f.__kwdefaults__
+    options = {k: v for k, v in disp.targetoptions.items() if k not in _NOT_FOR_TWIN}
     return njit(cache=True, **options)(g)
 
 
@@ -46,6 +51,5 @@ def inner(**options):
         if not isinstance(disp, CPUDispatcher):  # the JIT is off
             return disp
         disp.__class__ = _Inner
-        disp._twin_options = options
         return disp
     return decorate
