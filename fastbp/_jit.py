@@ -5,8 +5,8 @@ from its Python object and boxes the result) and one that C calls, and emits eac
 machine code with its wrappers. A kernel called only from other compiled functions never uses
 them: the drivers (``_kernels.TRAIN_EPOCHS`` and the like) link the kernels' code into their own.
 Compiled without wrappers (Numba's ``no_cpython_wrapper``, ``no_cfunc_wrapper``), a first fit of a
-64-64-10 network on digits compiled in 7.3-7.6 s instead of 9.0-9.2 s (measured, float32, an
-empty cache).
+64-64-10 network on digits compiled in 6.5-7.7 s instead of 7.9-9.6 s (float32, an empty cache,
+three rounds alternating with the code before).
 
 Such a function must never be entered from Python: Numba would jump to a wrapper that is not
 there (a segmentation fault). So ``inner`` hands out a dispatcher whose call from Python goes to a
