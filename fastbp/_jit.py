@@ -34,12 +34,18 @@ _NOT_FOR_TWIN = frozenset(("no_cpython_wrapper", "no_cfunc_wrapper", "nopython")
 
 
 def _twin(disp):
-    f = disp.py_func
-    g = types.FunctionType(f.__code__, f.__globals__, f.__name__, f.__defaults__, f.__closure__)
-    g.__qualname__ = f.__qualname__ + "__python"  # its own cache files
-    g.__module__, g.__doc__, g.__kwdefaults__ = f.__module__, f.__doc__, f.__kwdefaults__
     options = {k: v for k, v in disp.targetoptions.items() if k not in _NOT_FOR_TWIN}
-    return njit(cache=True, **options)(g)
+    return njit(cache=True, **options)(renamed(disp.py_func, "__python"))
+
+
+def renamed(f, suffix):
+    """A copy of the plain function f named f's qualified name + suffix, for compiling f a second
+    way: Numba names its cache files after the qualified name and does not key them on the
+    compile options, so two dispatchers of one function would read each other's."""
+    g = types.FunctionType(f.__code__, f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+    g.__qualname__ = f.__qualname__ + suffix
+    g.__module__, g.__doc__, g.__kwdefaults__ = f.__module__, f.__doc__, f.__kwdefaults__
+    return g
 
 
 def inner(**options):

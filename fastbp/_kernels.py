@@ -42,7 +42,7 @@ from . import _notice
 from . import _pcg
 from . import _threads
 from . import _vmath as vm
-from ._jit import inner
+from ._jit import inner, renamed
 
 _threads.start_pool()  # before any cached kernel runs: see _threads.start_pool
 _notice.install()  # a first compile says so (see _notice)
@@ -551,7 +551,7 @@ def _loss_row(logits, targets, loss, b):
 # every loss's closure before the other losses' branches were pruned (a cold cross-entropy fit
 # 0.5 s slower)
 _loss_row_inlined = njit(cache=True, error_model="numpy", inline="always")(
-    getattr(_loss_row, "py_func", _loss_row))  # (a plain function under NUMBA_DISABLE_JIT=1)
+    renamed(getattr(_loss_row, "py_func", _loss_row), "__inlined"))  # (plain with the JIT off)
 
 
 @njit(cache=True, inline="always")
