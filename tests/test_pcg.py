@@ -37,6 +37,28 @@ def test_intervals_beyond_32_bits_use_64_bit_draws():
     assert got == [v for v in raw if v <= big][:5]  # masked rejection over 64-bit outputs
 
 
+def test_a_64_bit_draw_leaves_a_buffered_half_for_the_next_32_bit_draw():
+    """draw's branch-free form keeps NumPy's rules: a 64-bit draw advances the state and leaves a
+    pending 32-bit half alone, which the next 32-bit draw returns without advancing."""
+    g = np.random.default_rng(11)
+    while g.bit_generator.state["has_uint32"] == 0:
+        g.integers(0, 7, 1, dtype=np.uint32)
+    pending = g.bit_generator.state["uinteger"]
+    h = np.random.default_rng(0)
+    h.bit_generator.state = g.bit_generator.state
+    words = _pcg.words(g)
+    big = (1 << 40) + 12345
+    got = int(_pcg.random_interval(words, big))
+    raw = int(h.bit_generator.random_raw()) & ((1 << 41) - 1)
+    while raw > big:
+        raw = int(h.bit_generator.random_raw()) & ((1 << 41) - 1)
+    assert got == raw
+    _pcg.set_words(g, words)
+    assert g.bit_generator.state == h.bit_generator.state  # the half still pending
+    assert int(_pcg.next_uint32(words)) == pending
+    assert words[4] == 0
+
+
 def test_a_shuffled_fit_leaves_the_generator_where_numpy_would():
     import fastbp
     X = np.random.default_rng(0).standard_normal((50, 3))
