@@ -104,6 +104,9 @@ class Engine:
         # the compiled functions and None-or-array arguments that pick this run's paths
         fused, self._hyper, self._l2 = K.plan(self.use_blas, data.Xs, state.optimizer.code,
                                               self.hyper, self.l2)
+        # plain SGD through the per-layer kernels: _kernels.bounded_step's workspace
+        self.bound = (np.empty((3, net._layout.shape[0])) if not fused and self._hyper is None
+                      else None)
         loss = net._loss.code
         self._train = K.TRAIN_EPOCHS[fused][loss]
         self._gradients = K.BATCH_GRADIENTS[fused][loss]
@@ -149,7 +152,7 @@ class Engine:
             self.backup = np.empty(self._backup_size, net.dtype)
             # the arguments that stay the same from call to call (a 1-epoch fit is short)
             self._fixed = (net._layout, net._acts, self.use_blas, d.batch,
-                           opt.code, self._hyper, self._l2, *self.ws, self.backup)
+                           opt.code, self._hyper, self._l2, *self.ws, self.backup, self.bound)
         losses = np.zeros((len(lrs), 2))
         step = self._step
         step[0] = opt.step
@@ -223,7 +226,7 @@ class Engine:
         done = self._train(self.net._params, opt.state, step, self.grads, total, X, Xs, Y, SW,
                            np.ascontiguousarray(index)[None, :], self.no_rng, lrs,
                            self.net._layout, self.net._acts, self.use_blas, d.batch, opt.code,
-                           self._hyper, self._l2, *self.ws, self.no_backup)
+                           self._hyper, self._l2, *self.ws, self.no_backup, self.bound)
         opt.step = int(step[0])
         return bool(done)
 

@@ -99,3 +99,123 @@ def test_how_a_run_is_cut_into_compiled_calls_never_changes_a_bit(monkeypatch, s
     h_cut = cut.fit(X, y, **kw)
     assert np.array_equal(whole._params, cut._params)
     assert h_whole.loss == h_cut.loss
+
+
+# One-batch epochs of plain SGD skip the epoch's backup when _kernels.bounded_step proves the
+# step keeps every parameter finite. The same run through pieces (a callback makes every epoch a
+# separate engine.epoch, backed up in Python, no bound) must give the same bits, also when it
+# diverges; and whatever the bound claims must hold.
+
+def _one_batch_fit(sizes, loss, act, dtype, scale, lr, pieces, weights=None):
+    X, y = make_data(loss, 64, sizes[0], sizes[-1], seed=5, dtype=dtype)
+    net = fastbp.Network(sizes, activation=act, loss=loss, seed=1, dtype=dtype)
+    net._params *= dtype(scale)
+    kw = dict(callbacks=[lambda *args: None]) if pieces else {}
+    if weights is not None:
+        kw["sample_weight"] = weights
+    try:
+        net.fit(X, y, epochs=4, batch_size=64, lr=lr, **kw)
+        error = None
+    except fastbp.DivergenceError as e:
+        error = str(e)
+    return net, error
+
+
+def _claims_bounded(net, X, y, lr):
+    from fastbp import _kernels as K
+    xmax, ymax, scale = K.data_bounds(X, net._XY(X, y)[1], np.empty(0, net.dtype))
+    return K.bounded_step(net._params, net._layout, net._acts, xmax, ymax, scale, X.shape[0],
+                          net._loss.code, net.dtype.type(lr), np.empty((3, net._layout.shape[0])))
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "bce", "mse", "poisson"])
+@pytest.mark.parametrize("act", ["relu", "sigmoid", "tanh"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_batch_epochs_without_a_backup_give_the_backed_up_bits(loss, act, dtype):
+    sizes = [64, 96, 80, 1 if loss == "bce" else 10]  # BLAS layers: the per-layer kernels
+    X, y = make_data(loss, 64, sizes[0], sizes[-1], seed=5, dtype=dtype)
+    fresh = fastbp.Network(sizes, activation=act, loss=loss, seed=1, dtype=dtype)
+    # the run below takes the path without backups; except poisson after relu layers, whose
+    # logits' bound is in the thousands and its exp overflows: those epochs keep their backup
+    assert _claims_bounded(fresh, X, y, 0.01) == (loss != "poisson" or act != "relu")
+    a, err_a = _one_batch_fit(sizes, loss, act, dtype, 1.0, 0.01, pieces=False)
+    b, err_b = _one_batch_fit(sizes, loss, act, dtype, 1.0, 0.01, pieces=True)
+    assert err_a is None and err_b is None
+    assert np.array_equal(a._params, b._params)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_one_batch_epochs_with_sample_weights_give_the_backed_up_bits(loss):
+    """The weights' largest factor on a row's delta enters the bound (and the bits match)."""
+    w = np.random.default_rng(8).uniform(0.0, 5.0, 64)
+    w[:3] = 0.0
+    sizes = [64, 96, 80, 10]
+    a, err_a = _one_batch_fit(sizes, loss, "relu", np.float32, 1.0, 0.01, False, w)
+    b, err_b = _one_batch_fit(sizes, loss, "relu", np.float32, 1.0, 0.01, True, w)
+    assert err_a is None and err_b is None
+    assert np.array_equal(a._params, b._params)
+
+
+@pytest.mark.parametrize("scale,lr", [(1.0, 1e36), (1e18, 0.1), (1e15, 10.0), (1e30, 1e-3)])
+@pytest.mark.parametrize("act", ["relu", "sigmoid"])
+def test_a_diverging_one_batch_epoch_is_undone_as_with_a_backup(scale, lr, act):
+    """Huge steps (the bound fails: the epoch is backed up) and huge weights (the bound may hold,
+    and the loss overflows before any step): the same epoch count, error and parameters as the
+    backed-up path, every parameter finite."""
+    sizes = [64, 96, 80, 10]
+    a, err_a = _one_batch_fit(sizes, "cross_entropy", act, np.float32, scale, lr, pieces=False)
+    b, err_b = _one_batch_fit(sizes, "cross_entropy", act, np.float32, scale, lr, pieces=True)
+    assert err_a == err_b
+    assert a.epoch == b.epoch
+    assert np.array_equal(a._params, b._params)
+    assert np.isfinite(a._params).all()
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "bce", "mse", "poisson"])
+@pytest.mark.parametrize("scale", [1e-2, 1e6, 1e15, 1e18])
+@pytest.mark.parametrize("lr", [1e-3, 1e3, 1e12, 1e30])
+def test_what_the_bound_claims_holds(loss, scale, lr):
+    """Where bounded_step says a step keeps every parameter finite, one epoch's step leaves them
+    finite and below a quarter of float32's largest value (or, the loss having overflowed, no
+    step was taken at all)."""
+    sizes = [64, 96, 80, 1 if loss == "bce" else 10]
+    X, y = make_data(loss, 64, sizes[0], sizes[-1], seed=5, dtype=np.float32)
+    net = fastbp.Network(sizes, activation="relu", loss=loss, seed=1, dtype=np.float32)
+    net._params *= np.float32(scale)
+    before = net._params.copy()
+    claims = _claims_bounded(net, X, y, lr)
+    try:
+        net.fit(X, y, epochs=1, batch_size=64, lr=lr)
+        stepped = True
+    except fastbp.DivergenceError:
+        stepped = False
+    assert np.isfinite(net._params).all()
+    if not stepped:
+        assert np.array_equal(net._params, before)
+    elif claims:
+        assert np.abs(net._params).max() <= np.finfo(np.float32).max / 4
+
+
+def test_a_forward_pass_that_overflows_is_never_taken_as_bounded():
+    """float32: the first layer's z overflows to inf, the second layer's negative weights and its
+    sigmoid turn that into 0, so the loss stays finite, the step runs, and the second layer's
+    weight gradient is inf * 0 = NaN. The bounds on the steps alone pass (checked: the epoch then
+    ended with NaN weights and no error); the bound on z refuses, so the epoch is backed up and
+    undone, as on the backed-up path."""
+    from fastbp import _kernels as K
+    X = np.full((64, 64), 10.0, np.float32)
+    y = np.arange(64) % 10
+    for pieces in (False, True):
+        net = fastbp.Network([64, 96, 80, 10], activation=["relu", "sigmoid"], seed=0,
+                             dtype=np.float32)
+        for l, value in ((0, 1e37), (1, -1.0)):
+            W, b = K.layer_views(net._params, net._layout, l)
+            W[...] = value
+            b[...] = 0
+        before = net._params.copy()
+        if not pieces:
+            assert not _claims_bounded(net, X, y, 1e-3)
+        with pytest.raises(fastbp.DivergenceError):
+            net.fit(X, y, epochs=1, batch_size=64, lr=1e-3,
+                    **(dict(callbacks=[lambda *a: None]) if pieces else {}))
+        assert np.array_equal(net._params, before)

@@ -197,3 +197,38 @@ def test_the_estimators_fail_where_and_as_scikit_learns_do(X, y, kind, hidden, m
         assert issubclass(outcome[0], outcome[1]) or (
             issubclass(outcome[0], (ValueError, TypeError))
             and issubclass(outcome[1], (ValueError, TypeError))), outcome
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(scales=st.lists(st.integers(-3, 38), min_size=3, max_size=3),
+       constant=st.lists(st.sampled_from([None, 1.0, -1.0]), min_size=3, max_size=3),
+       acts=st.lists(st.sampled_from(["relu", "sigmoid", "tanh"]), min_size=2, max_size=2),
+       loss=st.sampled_from(["cross_entropy", "bce", "mse", "poisson"]),
+       lr=st.integers(-6, 30), xscale=st.integers(-2, 20), dtype=st.sampled_from(["float32",
+                                                                                 "float64"]))
+def test_a_one_batch_epoch_without_a_backup_never_leaves_a_parameter_non_finite(
+        scales, constant, acts, loss, lr, xscale, dtype):
+    """Whatever the weights (random or constant, of either sign, up to 1e38), the data's scale,
+    the activations, the loss and the learning rate, a one-batch epoch of plain SGD (the path on
+    which _kernels.bounded_step may skip the backup) ends with finite parameters: the step taken,
+    or the epoch undone with the parameters as they were."""
+    from fastbp import _kernels as K
+    rng = np.random.default_rng(0)
+    out = 1 if loss == "bce" else 10
+    X = (rng.standard_normal((64, 64)) * 10.0 ** xscale).astype(dtype)
+    y = (rng.integers(0, 2, 64) if loss == "bce" else rng.integers(0, 10, 64)
+         if loss == "cross_entropy" else rng.poisson(1.5, (64, out)).astype(dtype)
+         if loss == "poisson" else rng.standard_normal((64, out)).astype(dtype))
+    net = fastbp.Network([64, 96, 80, out], activation=acts, loss=loss, seed=0, dtype=dtype)
+    for l in range(3):
+        W, b = K.layer_views(net._params, net._layout, l)
+        if constant[l] is None:
+            W *= W.dtype.type(10.0 ** scales[l])
+        else:
+            W[...] = constant[l] * 10.0 ** min(scales[l], 37)
+    before = net._params.copy()
+    try:
+        net.fit(X, y, epochs=1, batch_size=64, lr=10.0 ** lr)
+    except fastbp.DivergenceError:
+        assert np.array_equal(net._params, before)
+    assert np.isfinite(net._params).all()
