@@ -104,9 +104,12 @@ class Engine:
         # the compiled functions and None-or-array arguments that pick this run's paths
         fused, self._hyper, self._l2 = K.plan(self.use_blas, data.Xs, state.optimizer.code,
                                               self.hyper, self.l2)
-        # plain SGD through the per-layer kernels: _kernels.bounded_step's workspace
-        self.bound = (np.empty((3, net._layout.shape[0])) if not fused and self._hyper is None
-                      else None)
+        # _kernels.bounded_step's workspace, for epochs of one batch with plain SGD through the
+        # per-layer kernels; None elsewhere, so other runs never compile the bounds (0.5 s of a
+        # first digits fit, measured)
+        one_batch = data.steps == 1 and data.X is not None and data.X.shape[0] == data.n
+        self.bound = (np.empty((3, net._layout.shape[0]))
+                      if not fused and self._hyper is None and one_batch else None)
         loss = net._loss.code
         self._train = K.TRAIN_EPOCHS[fused][loss]
         self._gradients = K.BATCH_GRADIENTS[fused][loss]
@@ -346,7 +349,8 @@ def precompile(dtypes=("float32", "float64")):
                 # penalty (see _kernels.plan)
                 net.fit(X, y, epochs=1, batch_size=64, validation_data=(X, y), optimizer="adam")
                 net.fit(X, y, epochs=1, batch_size=64, optimizer="adam", l2=(1e-4, 1e-4))
-                net.fit(X, y, epochs=1, batch_size=64)
+                net.fit(X, y, epochs=1, batch_size=64)  # one batch an epoch (bounded_step)
+                net.fit(X, y, epochs=1, batch_size=32)  # and several
                 net.predict(X)
                 net.gradients(X, y)
                 full = FullBatch(net, X, net._XY(X, y)[1], np.empty(0, dtype))
