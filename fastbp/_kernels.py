@@ -1433,11 +1433,11 @@ def _train_epochs(fused, loss):
         batch's update), added to the values it holds on entry (0, or the sums so far of an epoch
         split over calls). Workspaces: as for ``batch_gradients`` with batch_size rows, and
         backup (P + state size,), or (0,) when the caller keeps its own backup (an epoch split
-        over calls): then a diverging epoch is not restored here. bound (3, L) float64 for plain
-        SGD through the per-layer kernels, else None (the engine decides, from ``plan``): an
-        epoch of one batch over all the rows makes no backup when ``bounded_step`` proves that
-        its step leaves every parameter finite (bound its workspace); a non-finite loss then
-        means that no step was taken, and nothing needs restoring.
+        over calls): then a diverging epoch is not restored here. bound (3, L) float64 for a run
+        of one batch an epoch with plain SGD through the per-layer kernels, else None (the
+        engine decides): such an epoch over all the rows makes no backup when ``bounded_step``
+        proves that its step leaves every parameter finite (bound its workspace); a non-finite
+        loss then means that no step was taken, and nothing needs restoring.
 
         Returns the number of epochs completed. Fewer than E means the loss or a parameter went
         non-finite in the next epoch; params, state, step and rng are then restored to their
@@ -1445,8 +1445,9 @@ def _train_epochs(fused, loss):
         """
         N = order.shape[1]
         E = epoch_loss.shape[0]
-        # epochs of one batch over all the rows: bounded_step may spare their backups (bound is
-        # None, so this is pruned and never compiled, for the fused loop and the optimisers)
+        # epochs of one batch over all the rows: bounded_step may spare their backups (the
+        # engine passes bound None, which prunes this, unless a run has such epochs with plain
+        # SGD through the per-layer kernels)
         guarded = False
         xmax = ymax = scale = 0.0
         if bound is not None:
