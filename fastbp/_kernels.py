@@ -12,8 +12,8 @@ Dimension legend (as in llm.c):
 
 Conventions: outputs come first, then inputs; a gradient buffer is its array's name with a ``d`` in
 front. A kernel reads only its arguments and allocates no buffers: workspaces come from the
-caller (a few arrays of one to five elements hold the scalars of BLAS's alpha and beta and
-Adam's step).
+caller (a few one-element arrays carry scalars in and out of the training loop: the step count,
+the rows classified right).
 
 Threads: only kernels that can run with more than one Numba thread are ``parallel=True``: the
 sparse first layer (a network of small layers on sparse input never calls BLAS, so Numba has the
