@@ -151,18 +151,6 @@ def draw(w, wide):
 
 
 @inner()
-def next_uint64(w):
-    """PCG64's next 64-bit output."""
-    return draw(w, True)
-
-
-@inner()
-def next_uint32(w):
-    """NumPy's 32-bit draw (see draw)."""
-    return draw(w, False)
-
-
-@inner()
 def random_interval(w, max_val):
     """A uniform integer in [0, max_val] by masked rejection, as NumPy's random_interval: 32-bit
     draws up to 2^32 - 1, 64-bit ones above."""
