@@ -129,7 +129,7 @@ def _exp_block(z):
 
 @inner()
 def _sum64(d):
-    """The sum of d (OC,) in float64, in order."""
+    """The sum of d (n,) in float64, in order."""
     s = np.float64(0)
     for o in range(d.shape[0]):
         s += d[o]
@@ -1071,9 +1071,7 @@ def data_bounds(X, Y, SW):
         ymax = ym if ym > ymax else ymax
     scale = 1.0
     if SW.shape[0] > 0:
-        wsum = np.float64(0)
-        for r in range(SW.shape[0]):
-            wsum += SW[r]
+        wsum = _sum64(SW)
         scale = max_magnitude(SW) * SW.shape[0] / wsum if wsum > 0 else np.inf
     return xmax, ymax, scale
 
