@@ -194,20 +194,37 @@ for dtype in (np.float64,):  # one dtype: the paths are the same for both
 
 
 def test_after_precompile_common_fits_compile_nothing(tmp_path):
-    """``fastbp.precompile`` compiles every path a common fit takes (train_epochs compiles one
-    per loss and plan: the fused loop or the per-layer kernels, plain SGD, an optimiser, the
-    estimators' L2), so that the next process shows no compile notice."""
+    """``python -m fastbp --precompile float64`` compiles every path a common fit takes
+    (train_epochs compiles one per loss and plan: the fused loop or the per-layer kernels, plain
+    SGD, an optimiser, the estimators' L2), so that the next process shows no compile notice;
+    ``fastbp.precompile`` then finds it all cached. One dtype (its paths are those of the other)
+    and one empty cache for the three processes: a dtype's precompile costs two minutes of CI."""
     env = dict(NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONWARNINGS="ignore")
-    pre = _run("import fastbp; fastbp.precompile(('float64',))", **env)
+    pre = subprocess.run([sys.executable, "-m", "fastbp", "--precompile", "float64"],
+                         capture_output=True, text=True, timeout=600, env=dict(os.environ, **env))
     assert pre.returncode == 0, pre.stderr[-2000:]
+    assert pre.stdout.startswith("float64: ready in") and "float32" not in pre.stdout
+    api = _run("import fastbp; print(sorted(fastbp.precompile(('float64',))))", **env)
+    assert api.returncode == 0 and api.stdout.split() == ["['float64']"], api.stderr[-2000:]
+    assert "compiling" not in api.stderr
     run = _run(COMMON_FITS, **env)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "compiling" not in run.stderr
 
 
-def test_precompile_readies_every_dtype():
-    seconds = fastbp.precompile(("float64",))
-    assert set(seconds) == {"float64"} and seconds["float64"] >= 0
-    run = subprocess.run([sys.executable, "-m", "fastbp", "--precompile"], capture_output=True,
-                         text=True, timeout=600)
-    assert run.returncode == 0 and "float32: ready in" in run.stdout and "float64" in run.stdout
+def test_precompile_without_dtypes_readies_both_and_refuses_others(monkeypatch, capsys):
+    from fastbp.__main__ import main
+    asked = []
+
+    def precompile(dtypes):
+        asked.append(dtypes)
+        return {dtypes[0]: 1.0}
+
+    monkeypatch.setattr(fastbp, "precompile", precompile)
+    main(["--precompile"])
+    assert asked == [("float32",), ("float64",)]
+    assert capsys.readouterr().out.splitlines() == ["float32: ready in 1.0 s",
+                                                    "float64: ready in 1.0 s"]
+    with pytest.raises(SystemExit):
+        main(["--precompile", "float16"])
+    assert "invalid choice: 'float16'" in capsys.readouterr().err
