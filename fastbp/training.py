@@ -299,7 +299,6 @@ class _Run:
         self.per_epoch = cfg.per_epoch or data.streamed  # something acts after every epoch
         self.history = History(first_epoch=st.epoch + 1)
         self._classifier = net._loss.targets in ("labels", "binary")
-        self._row = None
 
     def epochs(self, interrupted):
         cfg, st, data, hist = self.cfg, self.st, self.data, self.history
@@ -328,8 +327,7 @@ class _Run:
                 else:
                     lrs = st.lrs(count, data.n, self.net.dtype)
                     if st.shuffle and not drawn_here:
-                        losses, accs = self.engine.run_epochs(lrs, self._order_row(),
-                                                              self.net._shuffle_rng)
+                        losses, accs = self.engine.run_epochs(lrs, None, self.net._shuffle_rng)
                     else:
                         losses, accs = self.engine.run_epochs(lrs, self._orders(count))
                     if len(losses) < count:
@@ -364,12 +362,6 @@ class _Run:
         if cfg.checkpoint and self.lead:
             _state.save(self.net, cfg.checkpoint)
         return hist
-
-    def _order_row(self):
-        """The (1, n) row the compiled loop draws each shuffled epoch's order into."""
-        if self._row is None:
-            self._row = np.empty((1, self.data.n), np.int64)
-        return self._row
 
     def _orders(self, count):
         """The next count epochs' sample orders, (count, n); one row reused without shuffling."""

@@ -89,3 +89,26 @@ def test_load_and_store_through_the_generators_memory_agree_with_its_state():
     np.testing.assert_array_equal(out, h.permutation(100))
     assert g.bit_generator.state == h.bit_generator.state
     assert g.random() == h.random()
+
+
+def test_an_epoch_undone_mid_block_leaves_the_generator_at_its_start():
+    """The compiled loop draws the orders of up to 64 epochs back to back; an epoch that diverges
+    is undone with the generator put back to where its own order was drawn, so the network and
+    its generator are those of a run that stopped before it."""
+    import fastbp
+    from fastbp.schedules import ExponentialLR
+    X = np.random.default_rng(0).standard_normal((50, 3))
+    y = np.arange(50) % 2
+    kw = dict(batch_size=8, lr=1e-3, schedule=ExponentialLR(gamma=1e3))
+    net = fastbp.Network([3, 4, 2], seed=3, dtype="float64")
+    with pytest.raises(fastbp.DivergenceError) as err:
+        net.fit(X, y, epochs=30, **kw)
+    done = len(err.value.history.loss)
+    assert 2 <= done < 20  # inside the first block of 1024 // 50 epochs
+    expected = np.random.default_rng(np.random.SeedSequence(3, spawn_key=(1,)))
+    for _ in range(done):
+        expected.permutation(50)
+    assert net._shuffle_rng.bit_generator.state == expected.bit_generator.state
+    fresh = fastbp.Network([3, 4, 2], seed=3, dtype="float64")
+    fresh.fit(X, y, epochs=done, **kw)
+    np.testing.assert_array_equal(net._params, fresh._params)
