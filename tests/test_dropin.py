@@ -1,10 +1,8 @@
 """fastbp.sklearn as a true drop-in: scikit-learn's own MLP test file with only the import
 swapped, L-BFGS, loss='poisson' and sparse input against scikit-learn, and the behaviours its
 test file checks (n_iter_ per call, warm starts, assignable coefficients, ...)."""
-import os
 import subprocess
 import sys
-import textwrap
 import warnings
 
 import numpy as np

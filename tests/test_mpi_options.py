@@ -1,7 +1,6 @@
 """Every fit option under ``comm=`` (mpiexec -n 2) equals the one-process fit, with identical bits
 on both ranks; ranks that disagree, fail or die never leave another waiting (60 s limit)."""
 import json
-import subprocess
 
 import numpy as np
 import pytest

@@ -8,7 +8,7 @@ import pytest
 import fastbp
 from fastbp import state as state_module
 
-from conftest import XOR_X, XOR_Y, make_data
+from conftest import XOR_X, make_data
 
 GOOD_X, GOOD_Y = make_data("cross_entropy", 12, 4, 3, seed=0)
 
