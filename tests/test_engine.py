@@ -121,11 +121,12 @@ def _one_batch_fit(sizes, loss, act, dtype, scale, lr, pieces, weights=None):
     return net, error
 
 
-def _claims_bounded(net, X, y, lr):
+def _claims_bounded(net, X, y, lr, bound=None, carried=False):
     from fastbp import _kernels as K
     xmax, ymax, scale = K.data_bounds(X, net._XY(X, y)[1], np.empty(0, net.dtype))
+    bound = np.empty((3, net._layout.shape[0])) if bound is None else bound
     return K.bounded_step(net._params, net._layout, net._acts, xmax, ymax, scale, X.shape[0],
-                          net._loss.code, net.dtype.type(lr), np.empty((3, net._layout.shape[0])))
+                          net._loss.code, net.dtype.type(lr), bound, carried)
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "bce", "mse", "poisson"])
@@ -194,6 +195,44 @@ def test_what_the_bound_claims_holds(loss, scale, lr):
         assert np.array_equal(net._params, before)
     elif claims:
         assert np.abs(net._params).max() <= np.finfo(np.float32).max / 4
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "bce", "mse", "poisson"])
+@pytest.mark.parametrize("act", ["relu", "sigmoid", "tanh"])
+@pytest.mark.parametrize("scale,lr", [(1.0, 0.01), (1.0, 10.0), (1e6, 1e3), (1e15, 1e-3)])
+def test_the_bounds_carried_to_the_next_epoch_bound_its_parameters(loss, act, scale, lr):
+    """Where bounded_step says a step is safe, the bounds it leaves (what the next epoch's check
+    starts from instead of reading the parameters, as the compiled loop does) are at least each
+    layer's largest |W| and |b| after the step; and a check from carried bounds never claims
+    what the check from the parameters themselves refuses (larger bounds only refuse more)."""
+    from fastbp import _kernels as K
+    sizes = [64, 96, 80, 1 if loss == "bce" else 10]
+    X, y = make_data(loss, 64, sizes[0], sizes[-1], seed=5, dtype=np.float32)
+    net = fastbp.Network(sizes, activation=act, loss=loss, seed=1, dtype=np.float32)
+    net._params *= np.float32(scale)
+    bound = np.empty((3, len(sizes) - 1))
+    carried = False
+    checked = 0
+    for epoch in range(3):
+        claims = carried and _claims_bounded(net, X, y, lr, bound, carried=True)
+        if claims:
+            assert _claims_bounded(net, X, y, lr)
+        else:  # too loose (or nothing carried): the parameters' own bounds
+            claims = _claims_bounded(net, X, y, lr, bound)
+        if not claims:
+            break
+        try:
+            net.fit(X, y, epochs=1, batch_size=64, lr=lr)
+        except fastbp.DivergenceError:
+            break
+        for l in range(len(sizes) - 1):
+            W, b = K.layer_views(net._params, net._layout, l)
+            assert np.abs(W.astype(np.float64)).max() <= bound[0, l]
+            assert np.abs(b.astype(np.float64)).max() <= bound[1, l]
+        carried = True
+        checked += 1
+    if scale == 1.0 and lr == 0.01 and not (loss == "poisson" and act == "relu"):
+        assert checked == 3  # every step safe: all three checked
 
 
 def test_a_forward_pass_that_overflows_is_never_taken_as_bounded():
