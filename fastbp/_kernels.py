@@ -1097,8 +1097,8 @@ def bounded_step(params, layout, acts, xmax, ymax, scale, B, loss, lr, bound, ca
     are read into it (an integer maximum over their bits, which sees every inf and NaN), or, if
     carried, it holds from the last step that returned True bounds on the parameters that step
     left, and nothing is read (4096 x 4096 float32 weights took 1.9 ms to read, of a 28 ms
-    epoch; measured). On True it holds bounds on the parameters after this step: |W| + lr |dW|, each sum's
-    rounding, and the subtraction's."""
+    epoch; measured). On True it holds bounds on the parameters after this step: |W| + lr |dW|,
+    each sum's rounding, and the subtraction's."""
     L = layout.shape[0]
     f32 = params.itemsize == 4
     limit = 8.5e37 if f32 else 4.4e307  # a quarter of the largest float32, float64

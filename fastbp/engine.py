@@ -147,7 +147,7 @@ class Engine:
         """(rows (K, n), words ((1 + K) * _pcg.N_WORDS,)): the rows the compiled loop draws the
         shuffled epochs' orders into, K epochs at a time, and the generator's state words then
         each of those epochs' start. Up to 64 epochs of a small data set: back to back, the draws
-        cost a shuffled XOR epoch 3% where drawn one an epoch they cost 11% (measured); one row
+        cost a shuffled XOR epoch 3-6% where drawn one an epoch they cost 11-12% (measured); one row
         at 1024 rows and more, where an order's draw is a small part of its epoch."""
         if self._drawn is None:
             n = self.data.n
