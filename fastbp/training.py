@@ -333,10 +333,11 @@ class _Run:
                     if len(losses) < count:
                         lrs = lrs[:len(losses)]
                 seconds = time.perf_counter() - t0
-                if not pieces and done + len(losses) < cfg.epochs:  # another call follows
+                more = done + len(losses) < cfg.epochs  # another call follows
+                if more and not pieces:
                     per_call = min(resize(count, seconds), order_cap, cfg.epochs)
                     pieces = count == 1 and seconds > 2 * CALL_SECONDS and data.steps > 1
-                elif not self.per_epoch and seconds < CALL_SECONDS / 4:
+                elif more and not self.per_epoch and seconds < CALL_SECONDS / 4:
                     # the work estimate is a bound for the slowest (fused, XOR-sized) networks;
                     # a measured epoch this short goes back to whole epochs per compiled call
                     pieces, per_call = False, min(resize(1, seconds), order_cap, cfg.epochs)
