@@ -54,8 +54,9 @@ class TrainState:
             out.fill(self.optimizer.lr)  # np.full's Python layer costs a 1-epoch fit 0.5 us
             return out
         k = np.arange(count)
-        return self.schedule.rate(self.optimizer.lr, self.epoch + k,
-                                  self.samples + k * n).astype(dtype)
+        with np.errstate(over="ignore"):  # a rate beyond the dtype: inf, named if it diverges
+            return self.schedule.rate(self.optimizer.lr, self.epoch + k,
+                                      self.samples + k * n).astype(dtype)
 
     def advance(self, epochs, n):
         """Count ``epochs`` finished epochs of ``n`` samples each."""

@@ -321,11 +321,12 @@ class _Run:
                 t0 = time.perf_counter()
                 if pieces:
                     lr = st.lrs(1, data.n_total, np.float64)[0]
+                    rates = (lr,)
                     done_epoch = self.engine.epoch(lr, self.net._shuffle_rng, interrupted)
                     losses, accs, lrs = ([], [], []) if done_epoch is None else (
                         [done_epoch[0]], [done_epoch[1]], [lr])
                 else:
-                    lrs = st.lrs(count, data.n, self.net.dtype)
+                    lrs = rates = st.lrs(count, data.n, self.net.dtype)
                     if st.shuffle and not drawn_here:
                         losses, accs = self.engine.run_epochs(lrs, None, self.net._shuffle_rng)
                     else:
@@ -345,7 +346,7 @@ class _Run:
                 self._record(losses, accs, lrs)
                 done += len(losses)
                 if len(losses) < count:
-                    self._diverged()
+                    self._diverged(rates[len(losses)])
                 stop = self.per_epoch and self._end_of_epoch(bar, seconds)
                 if cfg.log_every:
                     self._log(len(losses), seconds)
@@ -455,13 +456,24 @@ class _Run:
             if len(series) > len(self.history.val_loss):
                 series.pop()
 
-    def _diverged(self):
+    def _diverged(self, rate=None):
+        """Raise DivergenceError for the epoch after the last recorded; rate: its learning rate,
+        named in the message when a schedule made it (a base lr would mislead there)."""
         epoch = len(self.history.loss) + 1
+        base, schedule = self.st.optimizer.lr, type(self.st.schedule).__name__
+        if rate is None or schedule == "Constant":
+            hint = f"try a smaller lr (now {base:g}) or scale the input"
+        elif not np.isfinite(rate):
+            hint = (f"its learning rate, from lr {base:g} under the {schedule} schedule, is "
+                    f"{float(rate)} in {self.net.dtype.name}: use a schedule whose rates stay "
+                    f"finite")
+        else:
+            hint = (f"its learning rate was {float(rate):g} (lr {base:g} under the {schedule} "
+                    f"schedule); try a smaller lr or a gentler schedule, or scale the input")
         raise DivergenceError(
             f"training diverged in epoch {epoch} of {self.cfg.epochs}: the loss or a parameter "
             f"became NaN or infinite. The parameters are restored to their values before that "
-            f"epoch; try a smaller lr (now {self.st.optimizer.lr:g}) or scale the input.",
-            self.history)
+            f"epoch; {hint}.", self.history)
 
 
 def _progress_bar(total):

@@ -1,6 +1,7 @@
 """Bad input: a clear error naming the argument, and the network left exactly as it was.
 Divergence: finite weights and a clear error. Files: atomic saves, refused bad files."""
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -269,3 +270,23 @@ def test_bad_targets_for_loss_and_gradients_raise(method):
     with pytest.raises(ValueError, match="labels 0..2"):
         getattr(net, method)(GOOD_X, with_value(GOOD_Y, 0, 7))
     assert snapshot(net) == before
+
+
+@pytest.mark.parametrize("dtype,gamma,expected", [
+    ("float64", 1e3, r"epoch 7 of 30: .* its learning rate was 1e\+15 \(lr 0\.001 under the "
+                     r"ExponentialLR schedule\); try a smaller lr or a gentler schedule"),
+    ("float32", 1e50, r"epoch 2 of 30: .* its learning rate, from lr 0\.001 under the "
+                      r"ExponentialLR schedule, is inf in float32: use a schedule whose rates "
+                      r"stay finite")])
+def test_a_divergence_under_a_schedule_names_the_rate_it_diverged_at(dtype, gamma, expected):
+    """The message gives the failing epoch's rate, not only the base lr the schedule started
+    from; a rate beyond the dtype's range is named as such, with no NumPy warning on the way."""
+    from fastbp.schedules import ExponentialLR
+    X = np.random.default_rng(0).standard_normal((50, 3))
+    y = np.arange(50) % 2
+    net = fastbp.Network([3, 4, 2], seed=3, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(fastbp.DivergenceError, match=expected):
+            net.fit(X, y, epochs=30, batch_size=8, lr=1e-3, schedule=ExponentialLR(gamma=gamma))
+    assert np.isfinite(net._params).all()
