@@ -23,6 +23,7 @@ import numpy as np
 
 from . import config as _config
 from . import data as _data
+from . import schedules as _schedules
 from . import state as _state
 from .engine import CALL_SECONDS, SCRATCH_KEEP, Engine, resize
 ORDER_BUDGET = 1 << 20  # the most sample indices drawn ahead for shuffled epochs
@@ -460,16 +461,17 @@ class _Run:
         """Raise DivergenceError for the epoch after the last recorded; rate: its learning rate,
         named in the message when a schedule made it (a base lr would mislead there)."""
         epoch = len(self.history.loss) + 1
-        base, schedule = self.st.optimizer.lr, type(self.st.schedule).__name__
-        if rate is None or schedule == "Constant":
+        base, schedule = self.st.optimizer.lr, type(self.st.schedule)
+        if rate is None or schedule is _schedules.Constant:  # the test TrainState.lrs makes
             hint = f"try a smaller lr (now {base:g}) or scale the input"
         elif not np.isfinite(rate):
-            hint = (f"its learning rate, from lr {base:g} under the {schedule} schedule, is "
-                    f"{float(rate)} in {self.net.dtype.name}: use a schedule whose rates stay "
-                    f"finite")
+            hint = (f"its learning rate, from lr {base:g} under the {schedule.__name__} "
+                    f"schedule, is {float(rate)} in {self.net.dtype.name}: use a schedule whose "
+                    f"rates stay finite")
         else:
-            hint = (f"its learning rate was {float(rate):g} (lr {base:g} under the {schedule} "
-                    f"schedule); try a smaller lr or a gentler schedule, or scale the input")
+            hint = (f"its learning rate was {float(rate):g} (lr {base:g} under the "
+                    f"{schedule.__name__} schedule); try a smaller lr or a gentler schedule, or "
+                    f"scale the input")
         raise DivergenceError(
             f"training diverged in epoch {epoch} of {self.cfg.epochs}: the loss or a parameter "
             f"became NaN or infinite. The parameters are restored to their values before that "
