@@ -106,10 +106,18 @@ def test_how_a_run_is_cut_into_compiled_calls_never_changes_a_bit(monkeypatch, s
 # separate engine.epoch, backed up in Python, no bound) must give the same bits, also when it
 # diverges; and whatever the bound claims must hold.
 
-def _one_batch_fit(sizes, loss, act, dtype, scale, lr, pieces, weights=None):
+def _one_batch_net(loss, act, dtype, scale=1.0):
+    """(net, X, y): 64 rows through BLAS-sized layers (the per-layer kernels), the weights
+    scaled."""
+    sizes = [64, 96, 80, 1 if loss == "bce" else 10]
     X, y = make_data(loss, 64, sizes[0], sizes[-1], seed=5, dtype=dtype)
     net = fastbp.Network(sizes, activation=act, loss=loss, seed=1, dtype=dtype)
     net._params *= dtype(scale)
+    return net, X, y
+
+
+def _one_batch_fit(loss, act, dtype, scale, lr, pieces, weights=None):
+    net, X, y = _one_batch_net(loss, act, dtype, scale)
     kw = dict(callbacks=[lambda *args: None]) if pieces else {}
     if weights is not None:
         kw["sample_weight"] = weights
@@ -133,14 +141,12 @@ def _claims_bounded(net, X, y, lr, bound=None, carried=False):
 @pytest.mark.parametrize("act", ["relu", "sigmoid", "tanh"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_one_batch_epochs_without_a_backup_give_the_backed_up_bits(loss, act, dtype):
-    sizes = [64, 96, 80, 1 if loss == "bce" else 10]  # BLAS layers: the per-layer kernels
-    X, y = make_data(loss, 64, sizes[0], sizes[-1], seed=5, dtype=dtype)
-    fresh = fastbp.Network(sizes, activation=act, loss=loss, seed=1, dtype=dtype)
     # the run below takes the path without backups; except poisson after relu layers, whose
     # logits' bound is in the thousands and its exp overflows: those epochs keep their backup
+    fresh, X, y = _one_batch_net(loss, act, dtype)
     assert _claims_bounded(fresh, X, y, 0.01) == (loss != "poisson" or act != "relu")
-    a, err_a = _one_batch_fit(sizes, loss, act, dtype, 1.0, 0.01, pieces=False)
-    b, err_b = _one_batch_fit(sizes, loss, act, dtype, 1.0, 0.01, pieces=True)
+    a, err_a = _one_batch_fit(loss, act, dtype, 1.0, 0.01, pieces=False)
+    b, err_b = _one_batch_fit(loss, act, dtype, 1.0, 0.01, pieces=True)
     assert err_a is None and err_b is None
     assert np.array_equal(a._params, b._params)
 
@@ -150,9 +156,8 @@ def test_one_batch_epochs_with_sample_weights_give_the_backed_up_bits(loss):
     """The weights' largest factor on a row's delta enters the bound (and the bits match)."""
     w = np.random.default_rng(8).uniform(0.0, 5.0, 64)
     w[:3] = 0.0
-    sizes = [64, 96, 80, 10]
-    a, err_a = _one_batch_fit(sizes, loss, "relu", np.float32, 1.0, 0.01, False, w)
-    b, err_b = _one_batch_fit(sizes, loss, "relu", np.float32, 1.0, 0.01, True, w)
+    a, err_a = _one_batch_fit(loss, "relu", np.float32, 1.0, 0.01, False, w)
+    b, err_b = _one_batch_fit(loss, "relu", np.float32, 1.0, 0.01, True, w)
     assert err_a is None and err_b is None
     assert np.array_equal(a._params, b._params)
 
@@ -163,9 +168,8 @@ def test_a_diverging_one_batch_epoch_is_undone_as_with_a_backup(scale, lr, act):
     """Huge steps (the bound fails: the epoch is backed up) and huge weights (the bound may hold,
     and the loss overflows before any step): the same epoch count, error and parameters as the
     backed-up path, every parameter finite."""
-    sizes = [64, 96, 80, 10]
-    a, err_a = _one_batch_fit(sizes, "cross_entropy", act, np.float32, scale, lr, pieces=False)
-    b, err_b = _one_batch_fit(sizes, "cross_entropy", act, np.float32, scale, lr, pieces=True)
+    a, err_a = _one_batch_fit("cross_entropy", act, np.float32, scale, lr, pieces=False)
+    b, err_b = _one_batch_fit("cross_entropy", act, np.float32, scale, lr, pieces=True)
     assert err_a == err_b
     assert a.epoch == b.epoch
     assert np.array_equal(a._params, b._params)
@@ -179,10 +183,7 @@ def test_what_the_bound_claims_holds(loss, scale, lr):
     """Where bounded_step says a step keeps every parameter finite, one epoch's step leaves them
     finite and below a quarter of float32's largest value (or, the loss having overflowed, no
     step was taken at all)."""
-    sizes = [64, 96, 80, 1 if loss == "bce" else 10]
-    X, y = make_data(loss, 64, sizes[0], sizes[-1], seed=5, dtype=np.float32)
-    net = fastbp.Network(sizes, activation="relu", loss=loss, seed=1, dtype=np.float32)
-    net._params *= np.float32(scale)
+    net, X, y = _one_batch_net(loss, "relu", np.float32, scale)
     before = net._params.copy()
     claims = _claims_bounded(net, X, y, lr)
     try:
@@ -206,11 +207,9 @@ def test_the_bounds_carried_to_the_next_epoch_bound_its_parameters(loss, act, sc
     layer's largest |W| and |b| after the step; and a check from carried bounds never claims
     what the check from the parameters themselves refuses (larger bounds only refuse more)."""
     from fastbp import _kernels as K
-    sizes = [64, 96, 80, 1 if loss == "bce" else 10]
-    X, y = make_data(loss, 64, sizes[0], sizes[-1], seed=5, dtype=np.float32)
-    net = fastbp.Network(sizes, activation=act, loss=loss, seed=1, dtype=np.float32)
-    net._params *= np.float32(scale)
-    bound = np.empty((3, len(sizes) - 1))
+    net, X, y = _one_batch_net(loss, act, np.float32, scale)
+    layers = net._layout.shape[0]
+    bound = np.empty((3, layers))
     carried = False
     checked = 0
     for epoch in range(3):
@@ -225,7 +224,7 @@ def test_the_bounds_carried_to_the_next_epoch_bound_its_parameters(loss, act, sc
             net.fit(X, y, epochs=1, batch_size=64, lr=lr)
         except fastbp.DivergenceError:
             break
-        for l in range(len(sizes) - 1):
+        for l in range(layers):
             W, b = K.layer_views(net._params, net._layout, l)
             assert np.abs(W.astype(np.float64)).max() <= bound[0, l]
             assert np.abs(b.astype(np.float64)).max() <= bound[1, l]
