@@ -14,6 +14,7 @@ from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
 
 import fastbp  # noqa: E402
+from conftest import make_data  # noqa: E402
 
 SETTINGS = dict(deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -214,12 +215,9 @@ def test_a_one_batch_epoch_without_a_backup_never_leaves_a_parameter_non_finite(
     epoch, from the bounds carried from the last) end with finite parameters: each step taken,
     or the epoch undone with the parameters as they were."""
     from fastbp import _kernels as K
-    rng = np.random.default_rng(0)
     out = 1 if loss == "bce" else 10
-    X = (rng.standard_normal((64, 64)) * 10.0 ** xscale).astype(dtype)
-    y = (rng.integers(0, 2, 64) if loss == "bce" else rng.integers(0, 10, 64)
-         if loss == "cross_entropy" else rng.poisson(1.5, (64, out)).astype(dtype)
-         if loss == "poisson" else rng.standard_normal((64, out)).astype(dtype))
+    X, y = make_data(loss, 64, 64, out, seed=0, dtype=dtype)
+    X *= X.dtype.type(10.0 ** xscale)
     net = fastbp.Network([64, 96, 80, out], activation=acts, loss=loss, seed=0, dtype=dtype)
     for l in range(3):
         W, b = K.layer_views(net._params, net._layout, l)
