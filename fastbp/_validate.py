@@ -171,6 +171,17 @@ def boolean(value, name):
     return bool(value)
 
 
+def float_dtype(value, name="dtype"):
+    """value as np.dtype float32 or float64 (a name, a type or a dtype)."""
+    try:
+        dt = np.dtype(value)
+    except TypeError:
+        raise TypeError(f"{name} must be np.float32 or np.float64; got {value!r}") from None
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"{name} must be np.float32 or np.float64; got {dt}")
+    return dt
+
+
 def choice(value, name, options):
     if not isinstance(value, str) or value not in options:
         raise ValueError(f"{name} must be one of {sorted(options)}; got {value!r}")

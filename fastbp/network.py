@@ -83,12 +83,7 @@ class Network:
         if loss == "cross_entropy" and sizes[-1] < 2:
             raise ValueError("loss 'cross_entropy' needs at least 2 output units (one per class); "
                              f"got sizes[-1] = {sizes[-1]}")
-        try:
-            dt = np.dtype(dtype)
-        except TypeError:
-            raise TypeError(f"dtype must be np.float32 or np.float64; got {dtype!r}") from None
-        if dt not in (np.float32, np.float64):
-            raise TypeError(f"dtype must be np.float32 or np.float64; got {dt}")
+        dt = check.float_dtype(dtype)
         if seed is None:
             seed = _seed_sequence(None).entropy
         seed = check.integer(seed, "seed", 0)

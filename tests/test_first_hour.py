@@ -197,14 +197,14 @@ def test_after_precompile_common_fits_compile_nothing(tmp_path):
     """``python -m fastbp --precompile float64`` compiles every path a common fit takes
     (train_epochs compiles one per loss and plan: the fused loop or the per-layer kernels, plain
     SGD, an optimiser, the estimators' L2), so that the next process shows no compile notice;
-    ``fastbp.precompile`` then finds it all cached. One dtype (its paths are those of the other)
+    ``fastbp.precompile`` (given one name) then finds it all cached. One dtype (its paths are those of the other)
     and one empty cache for the three processes: a dtype's precompile costs two minutes of CI."""
     env = dict(NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONWARNINGS="ignore")
     pre = subprocess.run([sys.executable, "-m", "fastbp", "--precompile", "float64"],
                          capture_output=True, text=True, timeout=600, env=dict(os.environ, **env))
     assert pre.returncode == 0, pre.stderr[-2000:]
     assert pre.stdout.startswith("float64: ready in") and "float32" not in pre.stdout
-    api = _run("import fastbp; print(sorted(fastbp.precompile(('float64',))))", **env)
+    api = _run("import fastbp; print(sorted(fastbp.precompile('float64')))", **env)
     assert api.returncode == 0 and api.stdout.split() == ["['float64']"], api.stderr[-2000:]
     assert "compiling" not in api.stderr
     run = _run(COMMON_FITS, **env)

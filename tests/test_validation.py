@@ -146,6 +146,22 @@ def test_bad_network_arguments_raise(kwargs, exc, words):
         fastbp.Network(**args)
 
 
+@pytest.mark.parametrize("dtypes,words", [
+    ("float16", "each of dtypes must be np.float32 or np.float64; got float16"),
+    (np.int64, "got int64"),
+    (["float32", "int8"], "got int8"),  # checked before float32 compiles
+    (3, "dtypes must be a dtype .* or a sequence of them; got 3"),
+    (None, "or a sequence of them; got None"),
+])
+def test_precompile_refuses_other_dtypes_before_compiling(monkeypatch, dtypes, words):
+    def fit(*args, **kwargs):
+        raise AssertionError("a fit ran before the dtypes were checked")
+
+    monkeypatch.setattr(fastbp.Network, "fit", fit)
+    with pytest.raises(TypeError, match=words):
+        fastbp.precompile(dtypes)
+
+
 def test_activation_list_sets_each_hidden_layer():
     net = fastbp.Network([3, 4, 5, 2], activation=["tanh", "relu"], dtype=np.float64)
     assert net.activations == ("tanh", "relu")
