@@ -1,27 +1,104 @@
 """``inner``: how the kernels that only compiled code calls are compiled.
 
-Numba compiles every function with two wrappers, one that Python calls (it unboxes each argument
-from its Python object and boxes the result) and one that C calls, and emits each function's
-machine code with its wrappers. A kernel called only from other compiled functions never uses
-them: the drivers (``_kernels.TRAIN_EPOCHS`` and the like) link the kernels' code into their own.
-Compiled without wrappers (Numba's ``no_cpython_wrapper``, ``no_cfunc_wrapper``), a first fit of a
-64-64-10 network on digits compiled in 6.5-7.7 s instead of 7.9-9.6 s (float32, an empty cache,
-three rounds alternating with the code before).
+Numba compiles every function into a library of its own: its LLVM module, optimised (O3), then
+turned into machine code, with two wrappers, one that Python calls (it unboxes each argument from
+its Python object and boxes the result) and one that C calls. A caller links its callees' modules
+into its own and optimises and emits the whole again (that is how LLVM inlines them). A kernel
+that only other compiled functions call never runs its own machine code or wrappers: the drivers
+(``_kernels.TRAIN_EPOCHS`` and the like) carry its code in theirs. So ``inner`` compiles such a
+kernel
 
-Such a function must never be entered from Python: Numba would jump to a wrapper that is not
-there (a segmentation fault). So ``inner`` hands out a dispatcher whose call from Python goes to a
-twin compiled with the wrappers: the same function under its own name (so the two never share
-Numba's cache files), compiled on the first call from Python only (the tests, the benchmarks,
-``Network.gradients``). Same code, same bits.
+- without wrappers (Numba's ``no_cpython_wrapper``, ``no_cfunc_wrapper``): a first fit of a
+  64-64-10 network on digits compiled in 6.5-7.7 s instead of 7.9-9.6 s (float32, an empty cache,
+  three rounds alternating with the code before);
+- into a library that is only linked (``_LinkedLibrary``): its module gets Numba's per-function
+  passes but neither the module-level O3 nor machine code, both of which its callers redo with it
+  inlined. The same first fit: 5.0-5.2 s instead of 7.0-7.2 (float64 4.6 instead of 6.4).
+  Such a library has no machine code to write to Numba's disk cache, so these kernels are not
+  cached; the drivers are, with their callees' code inside them, so a warm start compiles
+  nothing.
+
+Such a function must never be entered from Python: it has no machine code. So ``inner`` hands out
+a dispatcher whose call from Python goes to a twin compiled the ordinary way, with the wrappers:
+the same function under its own name (so the two never share Numba's cache files), compiled on the
+first call from Python only (the tests, the benchmarks, ``Network.gradients``). Same code, same
+bits.
 """
 import types
 
+from llvmlite import binding as ll
+from llvmlite import ir
 from numba import njit
+from numba.core.codegen import JITCodeLibrary
+from numba.core.compiler import CompilerBase, DefaultPassBuilder
+from numba.core.compiler_lock import require_global_compiler_lock
+from numba.core.compiler_machinery import AnalysisPass, register_pass
 from numba.core.registry import CPUDispatcher
+from numba.core.typed_passes import AnnotateTypes
+
+
+class _LinkedLibrary(JITCodeLibrary):
+    """A library whose module is only ever linked into its callers' (see the module's docstring).
+
+    ``finalize`` links the modules of its own callees (as Numba's does) and stops there: no
+    module-level optimisation and no machine code, which the callers' libraries produce with this
+    code in them. The one thing Numba asks of its machine code, the address of the function's
+    environment pointer (``set_env``, at the end of lowering), is given by a module holding just
+    those globals: nopython code reads its environment only to box Python objects (object mode,
+    exceptions carrying runtime values), which the kernels never do."""
+
+    def finalize(self):
+        require_global_compiler_lock()
+        self._raise_if_finalized()
+        for library in dict.fromkeys(self._linking_libraries):
+            self._reload_init.update(library._reload_init)
+            self._final_module.link_in(library._get_module_for_linking(), preserve=True)
+        self._codegen._add_module(self._environment_module())
+        self._codegen._engine.finalize_object()
+        self._finalized = True
+
+    def _environment_module(self):
+        module = self._codegen._create_empty_module(self.name + ".environment")
+        for gv in self._final_module.global_variables:
+            if gv.name.startswith("_ZN08NumbaEnv") and not gv.is_declaration:
+                env = ir.GlobalVariable(module, ir.IntType(8).as_pointer(), gv.name)
+                env.linkage = "common"
+                env.initializer = ir.Constant(env.type.pointee, None)
+        return ll.parse_assembly(str(module))
+
+    def get_pointer_to_function(self, name):
+        self._ensure_finalized()
+        return 0  # no machine code: a call from Python goes to the twin
+
+
+@register_pass(mutates_CFG=False, analysis_only=True)
+class _UseLinkedLibrary(AnalysisPass):
+    """Before lowering: the function is lowered into a ``_LinkedLibrary``."""
+
+    _name = "fastbp_use_linked_library"
+
+    def __init__(self):
+        AnalysisPass.__init__(self)
+
+    def run_pass(self, state):
+        if state.library is None:
+            state.library = _LinkedLibrary(state.targetctx.codegen(), state.func_id.func_qualname)
+        return False
+
+
+class _InnerCompiler(CompilerBase):
+    """Numba's nopython pipeline (with its parallel passes when asked for), lowering into a
+    ``_LinkedLibrary``."""
+
+    def define_pipelines(self):
+        pm = DefaultPassBuilder.define_nopython_pipeline(self.state)
+        pm.add_pass_after(_UseLinkedLibrary, AnnotateTypes)
+        pm.finalize()
+        return [pm]
 
 
 class _Inner(CPUDispatcher):
-    """A dispatcher compiled without wrappers, for compiled callers; Python calls its twin."""
+    """A dispatcher compiled for compiled callers only; Python calls its twin."""
 
     def __call__(self, *args, **kwargs):
         twin = self.__dict__.get("_twin")
@@ -48,12 +125,17 @@ def renamed(f, suffix):
     return g
 
 
-def inner(**options):
-    """``@inner(**options)``: ``@njit(cache=True, **options)`` for a function that compiled code
-    calls, compiled without Numba's wrappers (see the module's docstring). With Numba's JIT off
+def inner(optimised_alone=False, **options):
+    """``@inner(**options)``: ``@njit(**options)`` for a function that only compiled code calls,
+    compiled without Numba's wrappers into a library that its callers link (see the module's
+    docstring). ``optimised_alone=True``: compiled (and cached) as Numba compiles, O3 on its own
+    module before its callers inline it, for code whose shape the optimiser must not revisit in
+    its callers' context (``_pcg.permutation``, whose branch-free draws a shuffled XOR epoch
+    needs: linked only, it ran 15% slower, measured). With Numba's JIT off
     (``NUMBA_DISABLE_JIT=1``) the plain function."""
     def decorate(f):
-        disp = njit(cache=True, no_cpython_wrapper=True, no_cfunc_wrapper=True, **options)(f)
+        how = dict(cache=True) if optimised_alone else dict(pipeline_class=_InnerCompiler)
+        disp = njit(no_cpython_wrapper=True, no_cfunc_wrapper=True, **how, **options)(f)
         if not isinstance(disp, CPUDispatcher):  # the JIT is off
             return disp
         disp.__class__ = _Inner

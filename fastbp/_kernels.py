@@ -22,8 +22,9 @@ runs its per-layer kernels inside the BLAS split, with one Numba thread, so they
 compiled parallel they ran no faster and cost 3.5 s of a first fit's 17 (measured).
 
 Compiling: the kernels that only compiled code calls are ``@inner`` (``_jit.py``: no Numba
-wrappers, a call from Python goes to a twin that has them); the drivers, and the kernels the
-Python layer calls as it trains and predicts, are plain ``@njit``.
+wrappers, and no optimisation or machine code of their own, which their callers make with them
+inlined; a call from Python goes to a twin compiled the ordinary way); the drivers, and the
+kernels the Python layer calls as it trains and predicts, are plain ``@njit``.
 
 Reproducibility: every ``prange`` loop gives each iteration its own output elements (rows of
 ``out``, blocks of rows, blocks of ``dweight``), and every sum runs in a fixed order inside one

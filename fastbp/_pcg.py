@@ -167,7 +167,7 @@ def random_interval(w, max_val):
     return v
 
 
-@inner()
+@inner(optimised_alone=True)
 def permutation(w, out):
     """out (n,) = rng.permutation(n) for the generator whose state words are w (advanced)."""
     n = out.shape[0]
