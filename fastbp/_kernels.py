@@ -23,8 +23,9 @@ compiled parallel they ran no faster and cost 3.5 s of a first fit's 17 (measure
 
 Compiling: the kernels that only compiled code calls are ``@inner`` (``_jit.py``: no Numba
 wrappers, and no optimisation or machine code of their own, which their callers make with them
-inlined; a call from Python goes to a twin compiled the ordinary way); the drivers, and the
-kernels the Python layer calls as it trains and predicts, are plain ``@njit``.
+inlined; a call from Python goes to a twin compiled the ordinary way, as the engine's own
+backup, restore and finiteness check do on the epochs it steps in Python); the drivers, and the
+kernels the Python layer calls on every fit or predict, are plain ``@njit``.
 
 Reproducibility: every ``prange`` loop gives each iteration its own output elements (rows of
 ``out``, blocks of rows, blocks of ``dweight``), and every sum runs in a fixed order inside one
@@ -297,7 +298,7 @@ def dense_forward(out, inp, weight, bias, act, use_blas):
     """
     B = inp.shape[0]
     if use_blas:
-        gemm(out, inp, weight, 1, 0)
+        gemm(out, inp, weight, 1.0, 0.0)
         _bias_act(out, bias, act)
     else:
         for b in range(B):
@@ -430,12 +431,12 @@ def dense_backward(dinp, dweight, dbias, dout, inp, weight, bias, out, act, use_
     # dinp first: it takes the weight from before the step
     if use_blas:
         if need_dinp:
-            gemm(dinp, dout, weight.T, 1, 0)
+            gemm(dinp, dout, weight.T, 1.0, 0.0)
         if sgd.shape[0] > 0:  # the step in the gemm (dweight not written): at 4096 x 4096, batch
             # 128, 9.8 ms against 14.6 for the gradient's gemm and then the update (measured)
-            gemm(weight, inp.T, dout, -sgd[0], 1)
+            gemm(weight, inp.T, dout, -np.float64(sgd[0]), 1.0)
         else:
-            gemm(dweight, inp.T, dout, 1, 0)
+            gemm(dweight, inp.T, dout, 1.0, 0.0)
     else:
         if need_dinp:
             for b in range(B):
@@ -962,7 +963,7 @@ def copy(dst, src):
         dst[i] = src[i]
 
 
-@njit(cache=True)
+@inner()
 def save_state(backup, params, state):
     """backup (P + S,) = params (P,) then the optimiser state (S,): an epoch's start."""
     P = params.shape[0]
@@ -970,7 +971,7 @@ def save_state(backup, params, state):
     copy(backup[P:], state)
 
 
-@njit(cache=True)
+@inner()
 def restore_state(params, state, backup):
     """params and state back from backup (see save_state)."""
     P = params.shape[0]
@@ -987,7 +988,7 @@ def _count_nonfinite(x):
     return k
 
 
-@njit(cache=True)
+@inner()
 def all_finite(x):
     """True if every element of x (P,) is finite; chunks of UPDATE_CHUNK counted in turn, stopping
     at the first with a non-finite element (2.5x faster than testing element by element)."""
