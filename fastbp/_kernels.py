@@ -92,6 +92,12 @@ _xxgemm = types.ExternalFunction("numba_xxgemm", types.intc(
     types.intp))
 PARALLEL_MIN_WORK = 1 << 15  # element operations below which a loop stays on the calling thread
 
+# An index made of offsets that are never negative (layout entries, row numbers, block starts),
+# cast to unsigned: for a signed index Numba emits Python's wraparound (i < 0 ? i + n : i), which
+# LLVM cannot remove where the offsets are read from arrays. In the fused XOR-sized loop, every
+# access is such an index: an epoch 0.458 -> 0.387 us without the wraparound (measured).
+_ix = np.uint64
+
 
 # --------------------------------------------------------------------------- scalar helpers
 
@@ -1260,11 +1266,11 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
         for bb in range(B):
             r = index[start + bb]
             for o in range(OC):
-                z = params[b0 + o]
+                z = params[_ix(b0 + o)]
                 for c in range(C):
-                    x = X[r, c] if l == 0 else act_buf[off - B * C + bb * C + c]
-                    z += x * params[w0 + c * OC + o]
-                act_buf[off + bb * OC + o] = z
+                    x = X[_ix(r), c] if l == 0 else act_buf[_ix(off - B * C + bb * C + c)]
+                    z += x * params[_ix(w0 + c * OC + o)]
+                act_buf[_ix(off + bb * OC + o)] = z
         if l < L - 1:
             _act_row(act_buf[off:off + B * OC], acts[l])
         off += B * OC
@@ -1280,48 +1286,48 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
         if loss == LOSS_BCE:
             hit = 1.0
             for o in range(OCL):
-                z = act_buf[z0 + o]
-                t = Y[r, o]
+                z = act_buf[_ix(z0 + o)]
+                t = Y[_ix(r), o]
                 row_value += max(z, 0) - z * t + vm.log1p_inline(vm.exp_inline(-abs(z)))
                 p = vm.sigmoid_inline(z)
-                delta_buf[dd + o] = (p - t) / (B * OCL)
+                delta_buf[_ix(dd + o)] = (p - t) / (B * OCL)
                 if (p > 0.5) != (t > 0.5):
                     hit = 0.0
             correct[0] += hit
         elif loss == LOSS_CE:
-            m = act_buf[z0]
+            m = act_buf[_ix(z0)]
             best = 0
             for o in range(1, OCL):
-                if act_buf[z0 + o] > m:
-                    m = act_buf[z0 + o]
+                if act_buf[_ix(z0 + o)] > m:
+                    m = act_buf[_ix(z0 + o)]
                     best = o
             se = np.float64(0)
             for o in range(OCL):
-                se += vm.exp_inline(act_buf[z0 + o] - m)
-            label = int(Y[r, 0])
+                se += vm.exp_inline(act_buf[_ix(z0 + o)] - m)
+            label = int(Y[_ix(r), 0])
             if best == label:
                 correct[0] += 1.0
-            row_value = m + vm.log_inline(se) - act_buf[z0 + label]
+            row_value = m + vm.log_inline(se) - act_buf[_ix(z0 + label)]
             for o in range(OCL):
-                p = vm.exp_inline(act_buf[z0 + o] - m) / se
+                p = vm.exp_inline(act_buf[_ix(z0 + o)] - m) / se
                 if o == label:
                     p -= 1
-                delta_buf[dd + o] = p / B
+                delta_buf[_ix(dd + o)] = p / B
         elif loss == LOSS_POISSON:
             for o in range(OCL):
-                z = act_buf[z0 + o]
-                row_value += _poisson_row_term(z, Y[r, o])
-                delta_buf[dd + o] = (vm.exp_inline(z) - Y[r, o]) / (B * OCL)
+                z = act_buf[_ix(z0 + o)]
+                row_value += _poisson_row_term(z, Y[_ix(r), o])
+                delta_buf[_ix(dd + o)] = (vm.exp_inline(z) - Y[_ix(r), o]) / (B * OCL)
         else:
             for o in range(OCL):
-                d = act_buf[z0 + o] - Y[r, o]
+                d = act_buf[_ix(z0 + o)] - Y[_ix(r), o]
                 row_value += d * d
-                delta_buf[dd + o] = d * (2.0 / (B * OCL))
+                delta_buf[_ix(dd + o)] = d * (2.0 / (B * OCL))
         if weighted:  # in its own branch: a multiply by 1 here slowed float32 XOR by 30%
             rf = SW[r] * B / wsum
             row_value *= rf
             for o in range(OCL):
-                delta_buf[dd + o] *= rf
+                delta_buf[_ix(dd + o)] *= rf
         batch_loss += row_value
     # backward, layer by layer: dW, db summed over the rows in order; the deltas of the layer
     # below, then its activation's derivative over the block
@@ -1337,16 +1343,16 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
         for bb in range(B):
             r = index[start + bb]
             for c in range(C):
-                x = X[r, c] if l == 0 else act_buf[blk + bb * C + c]
+                x = X[_ix(r), c] if l == 0 else act_buf[_ix(blk + bb * C + c)]
                 s = x * 0  # in the data's dtype: no float32/float64 round trips
                 for o in range(OC):
-                    d = delta_buf[cur + bb * OC + o]
-                    grads[w0 + c * OC + o] += x * d
-                    s += d * params[w0 + c * OC + o]
+                    d = delta_buf[_ix(cur + bb * OC + o)]
+                    grads[_ix(w0 + c * OC + o)] += x * d
+                    s += d * params[_ix(w0 + c * OC + o)]
                 if l > 0:
-                    delta_buf[nxt + bb * C + c] = s
+                    delta_buf[_ix(nxt + bb * C + c)] = s
             for o in range(OC):
-                grads[b0 + o] += delta_buf[cur + bb * OC + o]
+                grads[_ix(b0 + o)] += delta_buf[_ix(cur + bb * OC + o)]
         if l > 0:
             _act_grad_row(delta_buf[nxt:nxt + B * C], act_buf[blk:blk + B * C], acts[l - 1])
     value = batch_loss / (B if loss == LOSS_CE else B * OCL)
