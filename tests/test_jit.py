@@ -1,0 +1,71 @@
+"""``_jit.inner``: kernels that only compiled code calls are linked into their callers, never
+optimised or emitted on their own, and Python calls reach a twin compiled the ordinary way."""
+import numpy as np
+import pytest
+from numba import njit, prange
+
+from fastbp import _jit
+
+JIT = isinstance(njit(lambda: 0), _jit.CPUDispatcher)
+pytestmark = pytest.mark.skipif(not JIT, reason="checks compiled code")
+
+
+@_jit.inner()
+def _axpy(y, a, x):
+    for i in range(x.shape[0]):
+        y[i] += a * x[i]
+
+
+@_jit.inner()
+def _checked(n):
+    if n < 0:
+        raise ValueError("n must be >= 0")
+    return n * 2
+
+
+@_jit.inner(parallel=True)
+def _scaled(out, x, a):
+    for i in prange(x.shape[0]):
+        out[i] = a * x[i]
+
+
+@_jit.inner(optimised_alone=True)
+def _summed(x):
+    s = 0.0
+    for i in range(x.shape[0]):
+        s += x[i]
+    return s
+
+
+@njit
+def _driver(y, a, x, n):
+    _axpy(y, a, x)
+    out = np.empty_like(x)
+    _scaled(out, x, a)
+    return _checked(n) + _summed(out)
+
+
+def test_callers_run_the_linked_kernels_and_python_runs_their_twins():
+    x = np.arange(5.0)
+    y = np.ones(5)
+    assert _driver(y, 2.0, x, 3) == 6 + 2 * x.sum()
+    np.testing.assert_array_equal(y, 1 + 2 * x)
+    # the kernels themselves: linked only, no machine code of their own
+    for kernel in (_axpy, _checked, _scaled):
+        (cres,) = kernel.overloads.values()
+        assert isinstance(cres.library, _jit._LinkedLibrary)
+        assert cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name) == 0
+    (cres,) = _summed.overloads.values()
+    assert not isinstance(cres.library, _jit._LinkedLibrary)  # its own O3 and machine code
+    # from Python: the twins, same results
+    z = np.ones(5)
+    _axpy(z, 2.0, x)
+    np.testing.assert_array_equal(z, y)
+    assert _checked(3) == 6 and _summed(x) == x.sum()
+
+
+def test_an_exception_raised_in_a_linked_kernel_reaches_python():
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        _driver(np.ones(3), 1.0, np.ones(3), -1)
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        _checked(-1)  # the twin
