@@ -1,5 +1,9 @@
 """``_jit.inner``: kernels that only compiled code calls are linked into their callers, never
 optimised or emitted on their own, and Python calls reach a twin compiled the ordinary way."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from numba import njit, prange
@@ -69,3 +73,34 @@ def test_an_exception_raised_in_a_linked_kernel_reaches_python():
         _driver(np.ones(3), 1.0, np.ones(3), -1)
     with pytest.raises(ValueError, match="n must be >= 0"):
         _checked(-1)  # the twin
+
+
+_OTHER_NAMES = """
+from numba import njit
+from fastbp import _jit
+_jit._ENV_PREFIX = "no such prefix"
+
+@_jit.inner()
+def triple(x):
+    return 3 * x
+
+@njit
+def caller(x):
+    return triple(x) + 1
+
+(cres,) = (caller(2), triple.overloads)[1].values()
+print(caller(2), triple(2), cres.library._linked_only,
+      cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name) != 0)
+"""
+
+
+def test_a_numba_that_names_the_environment_otherwise_gets_ordinary_libraries(tmp_path):
+    """If the environment pointer's name is not found, the library is finalised as Numba does
+    (optimised, with machine code) instead of leaving set_env an address it cannot write (a
+    segmentation fault: hence a process of its own; a file, so that the twin can be cached)."""
+    script = tmp_path / "other_names.py"
+    script.write_text(_OTHER_NAMES)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "nc")))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["7", "6", "False", "True"]
