@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from . import Network
+from ._validate import FLOAT_DTYPES
 
 
 def xor(seed=0):
@@ -97,9 +98,6 @@ machine, cached on disk afterwards); later runs take a few seconds. Part 2 needs
 the bar tqdm and the PNG matplotlib: pip install 'fastbp[demo]'."""
 
 
-DTYPES = ("float32", "float64")
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastbp", description=HELP,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,15 +105,15 @@ def main(argv=None):
                         help="seed of the networks' initial weights and shuffling (default 0)")
     parser.add_argument("--plot", default="digits_curve.png",
                         help="where to write the PNG of the curves (default digits_curve.png)")
-    parser.add_argument("--precompile", nargs="*", choices=DTYPES, metavar="DTYPE",
+    parser.add_argument("--precompile", nargs="*", choices=FLOAT_DTYPES, metavar="DTYPE",
                         help="only compile the kernels for the dtypes given (float32, float64; "
                              "both when none is) or load them from the cache, so that later fits "
-                             "start at once: every path and loss, about 1.5-2 minutes per dtype "
-                             "on 2 cores")
+                             "start at once: every path and loss, about 2 minutes per dtype on 2 "
+                             "cores")
     args = parser.parse_args(argv)
     if args.precompile is not None:
         from . import precompile
-        for dtype in args.precompile or DTYPES:  # a line as each is done: minutes in all
+        for dtype in args.precompile or FLOAT_DTYPES:  # a line as each is done: minutes in all
             print(f"{dtype}: ready in {precompile((dtype,))[dtype]:.1f} s", flush=True)
         return
     xor(args.seed)

@@ -171,13 +171,16 @@ def boolean(value, name):
     return bool(value)
 
 
+FLOAT_DTYPES = ("float32", "float64")  # the dtypes fastbp computes in, by name
+
+
 def float_dtype(value, name="dtype"):
     """value as np.dtype float32 or float64 (a name, a type or a dtype)."""
     try:
         dt = np.dtype(value)
     except TypeError:
         raise TypeError(f"{name} must be np.float32 or np.float64; got {value!r}") from None
-    if dt not in (np.float32, np.float64):
+    if dt.name not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be np.float32 or np.float64; got {dt}")
     return dt
 

@@ -340,7 +340,7 @@ class FullBatch:
         return value, self.grads
 
 
-def precompile(dtypes=("float32", "float64")):
+def precompile(dtypes=check.FLOAT_DTYPES):
     """Compile (or load from Numba's disk cache) every kernel fastbp calls, for each dtype, so
     that the first real fit starts at once: ``fastbp.precompile()``, or ``python -m fastbp
     --precompile`` after installing. Every path and loss: about 2 minutes a dtype on 2 cores (each

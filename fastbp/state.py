@@ -17,6 +17,7 @@ import numpy as np
 
 from . import optim as _optim
 from . import schedules as _schedules
+from ._validate import FLOAT_DTYPES
 
 FORMAT = "fastbp-network"
 FORMAT_VERSION = 2  # 2 adds the training state (optimiser, schedule, epochs); 1 is still read
@@ -272,7 +273,7 @@ def load(path, network_class):
                                      for s in sizes):
             raise _bad(path, f"'sizes' is {sizes!r}")
         dtype = _field(meta, "dtype", str, path)
-        if dtype not in ("float32", "float64"):
+        if dtype not in FLOAT_DTYPES:
             raise _bad(path, f"'dtype' is {dtype!r}")
         dtype = np.dtype(dtype)
         n_params = sum(c * oc + oc for c, oc in zip(sizes[:-1], sizes[1:]))

@@ -197,8 +197,9 @@ def test_after_precompile_common_fits_compile_nothing(tmp_path):
     """``python -m fastbp --precompile float64`` compiles every path a common fit takes
     (train_epochs compiles one per loss and plan: the fused loop or the per-layer kernels, plain
     SGD, an optimiser, the estimators' L2), so that the next process shows no compile notice;
-    ``fastbp.precompile`` (given one name) then finds it all cached. One dtype (its paths are those of the other)
-    and one empty cache for the three processes: a dtype's precompile costs two minutes of CI."""
+    ``fastbp.precompile`` (given one name) then finds it all cached. One dtype (its paths are
+    those of the other) and one empty cache for the three processes: a dtype's precompile costs
+    two minutes of CI."""
     env = dict(NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONWARNINGS="ignore")
     pre = subprocess.run([sys.executable, "-m", "fastbp", "--precompile", "float64"],
                          capture_output=True, text=True, timeout=600, env=dict(os.environ, **env))
