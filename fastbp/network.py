@@ -102,7 +102,7 @@ class Network:
         self._shuffle_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
         self._targets_1d = self.sizes[-1] == 1
         self._train = None  # state.TrainState of the last fit, for resume=True and checkpoints
-        self._scratch = None  # small workspaces kept between fits (engine._scratch)
+        self._scratch = None  # training buffers kept between fits (engine._scratch)
         self._prepared = None  # the last small fit call's validated arguments (training._Prepared)
 
     # ------------------------------------------------------------------ construction helpers
@@ -158,11 +158,12 @@ class Network:
     def n_params(self):
         return self._params.size
 
-    _prepared = None  # (a network pickled before there was one)
+    _prepared = _scratch = None  # (a network pickled before there were these)
 
     def __getstate__(self):
-        # the kept fit arguments are a copy of the training data: not part of the network
-        return {k: v for k, v in self.__dict__.items() if k != "_prepared"}
+        # the kept fit arguments are a copy of the training data, the kept buffers scratch
+        # (hundreds of MB for a large batch): neither is part of the network
+        return {k: v for k, v in self.__dict__.items() if k not in ("_prepared", "_scratch")}
 
     def __repr__(self):
         return (f"Network(sizes={list(self.sizes)}, activation={list(self.activations)}, "
@@ -290,8 +291,8 @@ class Network:
 
     def summary(self):
         """A table of the layers (shapes, activations, parameter counts), the parameter total,
-        the dtype and the memory the parameters take (and the optimiser's buffers after a fit),
-        as a string: ``print(net.summary())``."""
+        the dtype and the memory the parameters take (and, after a fit, the optimiser's buffers
+        and the training buffers kept for the next fit), as a string: ``print(net.summary())``."""
         rows = [("layer", "shape (in -> out)", "activation", "parameters")]
         for i, (c, oc, _, _) in enumerate(self._layout):
             act = self.activations[i] if i < len(self.activations) else (
@@ -308,6 +309,11 @@ class Network:
                   f"parameters: {self.n_params:,} ({self.dtype.name}, {_bytes(size)})",
                   f"optimiser buffers: {_bytes(opt)}" if opt else "optimiser buffers: none yet",
                   f"epochs trained: {self.epoch}"]
+        if self._scratch is not None:
+            kept = [a for k, v in self._scratch.items() if k != "key"
+                    for a in (v if isinstance(v, tuple) else (v,))]
+            lines.append(f"training buffers kept for the next fit: "
+                         f"{_bytes(sum(a.nbytes for a in kept))}")
         return "\n".join(lines)
 
     def loss(self, X, y):

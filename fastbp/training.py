@@ -25,7 +25,7 @@ from . import config as _config
 from . import data as _data
 from . import schedules as _schedules
 from . import state as _state
-from .engine import CALL_SECONDS, SCRATCH_KEEP, Engine, resize
+from .engine import CALL_SECONDS, Engine, resize
 ORDER_BUDGET = 1 << 20  # the most sample indices drawn ahead for shuffled epochs
 
 
@@ -237,7 +237,7 @@ class _Prepared:
     XOR fit spent three quarters of its 40 us there. Equal means the same options with values of
     the same types, and X and y of the same type, dtype, shape, strides and bytes, so a changed
     array is validated afresh. Only small, plain calls are kept: NumPy arrays of at most
-    SMALL_DATA bytes together, a network of at most SCRATCH_KEEP bytes of parameters (the kept
+    SMALL_DATA bytes together, a network of at most SMALL_NET bytes of parameters (the kept
     engine holds a few copies of them; a larger network's fit is long anyway), options whose
     values are numbers, strings or None (sample weights, validation data, callbacks, optimiser
     and schedule objects, checkpoints and streaming are validated every call). The optimiser and
@@ -245,6 +245,7 @@ class _Prepared:
     first run."""
 
     SMALL_DATA = 1 << 16
+    SMALL_NET = 1 << 20
     _PLAIN = frozenset((bool, int, float, str, type(None)))
 
     __slots__ = ("_key", "_bytes", "cfg", "data", "engine")
@@ -260,7 +261,7 @@ class _Prepared:
     def key(cls, net, X, y, options):
         """What identifies a call, or None if the call is not one that is kept."""
         if (type(X) is not np.ndarray or type(y) is not np.ndarray
-                or X.nbytes + y.nbytes > cls.SMALL_DATA or net._params.nbytes > SCRATCH_KEEP):
+                or X.nbytes + y.nbytes > cls.SMALL_DATA or net._params.nbytes > cls.SMALL_NET):
             return None
         kinds = tuple(map(type, options.values()))
         if (not cls._PLAIN.issuperset(kinds) or options.get("checkpoint") is not None

@@ -98,6 +98,13 @@ def test_summary_lists_layers_parameters_dtype_and_memory():
     text = net.summary()
     assert "4 -> 8" in text and "8 -> 3" in text and "tanh" in text and "softmax" in text
     assert f"parameters: {net.n_params:,} (float32, {net.n_params * 4:,} B)" in text
+    assert "kept for the next fit" not in text
+    X, y = make_data("cross_entropy", 50, 4, 3, seed=3)
+    net.fit(X.astype(np.float32), y, epochs=1, batch_size=10)
+    # workspaces for 10 rows (inputs, targets, activations, two slots of deltas, row losses,
+    # correct count), the gradient, the epoch backup
+    kept = (10 * 4 + 10 * 1 + 10 * 11 + 2 * 10 * 8) * 4 + 10 * 8 + 8 + 2 * net.n_params * 4
+    assert f"training buffers kept for the next fit: {kept / 1024:.1f} KiB" in net.summary()
 
 
 def test_score_is_accuracy_for_classifiers_and_r2_for_regression():

@@ -396,15 +396,14 @@ def test_a_changed_array_or_option_is_validated_again():
 
 def test_large_data_or_networks_are_not_kept():
     """What is kept holds copies of the data and the network's buffers: small ones only."""
-    from fastbp.engine import SCRATCH_KEEP
     from fastbp.training import _Prepared
     big_X = np.zeros((_Prepared.SMALL_DATA // 16 + 1, 2))
     net, _ = _twins()
     net.fit(big_X, np.arange(len(big_X)) % 2, epochs=1)
     assert net._prepared is None
-    wide = fastbp.Network([2, SCRATCH_KEEP // 8, 1], activation="tanh", loss="bce")
+    wide = fastbp.Network([2, _Prepared.SMALL_NET // 8, 1], activation="tanh", loss="bce")
     wide.fit(XOR_X, XOR_Y, epochs=1)
-    assert wide._params.nbytes > SCRATCH_KEEP and wide._prepared is None
+    assert wide._params.nbytes > _Prepared.SMALL_NET and wide._prepared is None
     net.fit(XOR_X, XOR_Y, epochs=1)
     assert net._prepared is not None
 
@@ -417,3 +416,34 @@ def test_kept_arguments_are_not_pickled():
     back = pickle.loads(pickle.dumps(net))
     assert back._prepared is None
     np.testing.assert_array_equal(back.predict_proba(XOR_X), net.predict_proba(XOR_X))
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])  # SGD stepped in the backward pass; the optimiser
+def test_training_buffers_are_kept_between_fits_and_not_pickled(momentum):
+    """A network keeps its training buffers, whatever their size (here 4 MB), for its next fit of
+    the same shape: the same arrays, and the same bits as a network whose buffers are allocated
+    afresh for every call; a fit of another batch size replaces them; pickles and copies leave
+    them behind."""
+    import copy
+    import pickle
+    rng = np.random.default_rng(3)
+    X, y = rng.standard_normal((1024, 20)), rng.integers(0, 3, 1024)
+    nets = [fastbp.Network([20, 512, 3], activation="tanh", loss="cross_entropy", seed=0,
+                           dtype=np.float64) for _ in range(2)]
+    opts = dict(epochs=2, lr=0.05, batch_size=512, shuffle=True, momentum=momentum)
+    kept, fresh = nets
+    kept.fit(X, y, **opts)
+    buffers = kept._scratch
+    assert sum(a.nbytes for a in buffers["ws"]) > 4e6 and "backup" in buffers
+    fresh.fit(X, y, **opts)
+    for _ in range(2):
+        kept.fit(X, y, **opts)
+        fresh._scratch = None
+        fresh.fit(X, y, **opts)
+    assert kept._scratch is buffers
+    np.testing.assert_array_equal(kept._params, fresh._params)
+    for back in (pickle.loads(pickle.dumps(kept)), copy.deepcopy(kept), copy.copy(kept)):
+        assert back._scratch is None
+        np.testing.assert_array_equal(back.predict_proba(X), kept.predict_proba(X))
+    kept.fit(X, y, **dict(opts, batch_size=256))
+    assert kept._scratch is not buffers and kept._scratch["ws"][2].size == 256 * (512 + 3)
