@@ -58,13 +58,13 @@ def workspaces(net, rows, targets):
 
 
 def _scratch(net, rows, targets):
-    """The network's kept buffers for a fit (a dict: "key", "ws" the workspaces, "grads" the
-    gradient buffer, and the backups once needed, ``kept_buffer``), reused by its next fit of
-    the same shape and replaced by a fit of another. Allocating them afresh each call cost
-    every call the page faults of new memory: a one-epoch W3 fit 2.01 against 1.87 s (its 200 MB
-    of buffers), 1-5% at the grid's one-batch points, a tenth of a 1-epoch fit of a small
-    network (measured). Like PyTorch's .grad they stay with the network between calls; they are
-    not pickled or copied (Network.__getstate__)."""
+    """The network's kept buffers for a fit (a dict: "key"; "ws", the workspaces; "grads", the
+    gradient buffer; the backups and the MPI reduction's buffer once needed, ``kept_buffer``),
+    reused by its next fit of the same shape and replaced by a fit of another. Allocated afresh
+    for each call, their page faults cost a one-epoch W3 fit 8% (2.02 against 1.85 s: 200 MB of
+    buffers), the grid's one-batch points 2-6%, and a 1-epoch fit of a small network a tenth of
+    its time (measured). Like PyTorch's .grad they stay with the network between calls; they
+    are not pickled or copied (Network.__getstate__)."""
     key = (rows, targets, net.dtype, net.n_params)
     kept = net._scratch
     if kept is None or kept["key"] != key:
@@ -78,7 +78,7 @@ def kept_buffer(kept, name, size, dtype):
     """The buffer ``name`` of (size,) in the kept dict ``kept`` (``_scratch``), allocated when first
     needed."""
     buf = kept.get(name)
-    if buf is None or buf.size != size:
+    if buf is None or buf.size != size or buf.dtype != dtype:
         buf = kept[name] = np.empty(size, dtype)
     return buf
 
@@ -126,7 +126,7 @@ class Engine:
         if reducer is not None:
             # the gradient's weighted sum, then the loss's, the weight sum, the row count and the
             # rows classified right
-            self.buf = np.empty(net.n_params + 4, np.float64)
+            self.buf = kept_buffer(self._kept, "reduce", net.n_params + 4, np.float64)
 
     def threads(self):
         """The thread split for this network (see _threads.compute)."""
