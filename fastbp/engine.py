@@ -62,8 +62,8 @@ def _scratch(net, rows, targets):
     gradient buffer; the backups and the MPI reduction's buffer once needed, ``kept_buffer``),
     reused by its next fit of the same shape and replaced by a fit of another. Allocated afresh
     for each call, their page faults cost a one-epoch W3 fit 8% (2.02 against 1.85 s: 200 MB of
-    buffers), the grid's one-batch points 2-6%, and a 1-epoch fit of a small network a tenth of
-    its time (measured). Like PyTorch's .grad they stay with the network between calls; they
+    buffers), the grid's one-batch points 1.6-6.5%, and a 1-epoch fit of a small network a tenth
+    of its time (measured). Like PyTorch's .grad they stay with the network between calls; they
     are not pickled or copied (Network.__getstate__)."""
     key = (rows, targets, net.dtype, net.n_params)
     kept = net._scratch
@@ -81,6 +81,12 @@ def kept_buffer(kept, name, size, dtype):
     if buf is None or buf.size != size or buf.dtype != dtype:
         buf = kept[name] = np.empty(size, dtype)
     return buf
+
+
+def kept_nbytes(kept):
+    """The bytes of the buffers in the kept dict ``kept`` (``_scratch``)."""
+    return sum(a.nbytes for a in (*kept["ws"], *(v for k, v in kept.items()
+                                                 if k not in ("key", "ws"))))
 
 
 class Engine:

@@ -7,7 +7,7 @@ from . import _validate as check
 from . import config as _config
 from . import state as _state
 from .activations import ACTIVATIONS
-from .engine import FullBatch, workspaces
+from .engine import FullBatch, kept_nbytes, workspaces
 from .losses import LOSSES
 
 # A dense layer with B * C * OC at least this goes through BLAS gemm; smaller ones run the
@@ -310,10 +310,8 @@ class Network:
                   f"optimiser buffers: {_bytes(opt)}" if opt else "optimiser buffers: none yet",
                   f"epochs trained: {self.epoch}"]
         if self._scratch is not None:
-            kept = [a for k, v in self._scratch.items() if k != "key"
-                    for a in (v if isinstance(v, tuple) else (v,))]
             lines.append(f"training buffers kept for the next fit: "
-                         f"{_bytes(sum(a.nbytes for a in kept))}")
+                         f"{_bytes(kept_nbytes(self._scratch))}")
         return "\n".join(lines)
 
     def loss(self, X, y):
