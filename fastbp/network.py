@@ -158,12 +158,17 @@ class Network:
     def n_params(self):
         return self._params.size
 
-    _prepared = _scratch = None  # (a network pickled before there were these)
+    _prepared = _scratch = None  # (a network pickled without them)
+    # the kept fit arguments are a copy of the training data, the kept buffers scratch (hundreds
+    # of MB for a large batch): neither is part of the network
+    _NOT_PICKLED = ("_prepared", "_scratch")
 
     def __getstate__(self):
-        # the kept fit arguments are a copy of the training data, the kept buffers scratch
-        # (hundreds of MB for a large batch): neither is part of the network
-        return {k: v for k, v in self.__dict__.items() if k not in ("_prepared", "_scratch")}
+        return {k: v for k, v in self.__dict__.items() if k not in self._NOT_PICKLED}
+
+    def __setstate__(self, state):
+        # pickles of fastbp before 27 November 2026 carry small kept buffers, in another layout
+        self.__dict__.update({k: v for k, v in state.items() if k not in self._NOT_PICKLED})
 
     def __repr__(self):
         return (f"Network(sizes={list(self.sizes)}, activation={list(self.activations)}, "

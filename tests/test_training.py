@@ -447,3 +447,23 @@ def test_training_buffers_are_kept_between_fits_and_not_pickled(momentum):
         np.testing.assert_array_equal(back.predict_proba(X), kept.predict_proba(X))
     kept.fit(X, y, **dict(opts, batch_size=256))
     assert kept._scratch is not buffers and kept._scratch["ws"][2].size == 256 * (512 + 3)
+
+
+def test_a_network_pickled_with_kept_buffers_of_the_old_layout_trains(monkeypatch):
+    """Pickles made before the buffers were left out carry small ones as a (key, workspaces,
+    gradient) tuple: they load without them and train as the network they were pickled from."""
+    import pickle
+    net, _ = _twins()
+    net.fit(XOR_X, XOR_Y, epochs=3)
+    old = (((4, 1, np.dtype(np.float64)), (np.empty(8), np.empty(4)), np.empty(17)))
+
+    def old_getstate(self):
+        return dict(self.__dict__, _prepared=None, _scratch=old)
+    monkeypatch.setattr(fastbp.Network, "__getstate__", old_getstate)
+    data = pickle.dumps(net)
+    monkeypatch.undo()
+    back = pickle.loads(data)
+    assert back._scratch is None and back._prepared is None
+    back.fit(XOR_X, XOR_Y, epochs=3)
+    net.fit(XOR_X, XOR_Y, epochs=3)
+    np.testing.assert_array_equal(back._params, net._params)
