@@ -59,12 +59,12 @@ def workspaces(net, rows, targets):
 
 def _scratch(net, rows, targets):
     """The network's kept buffers for a fit (a dict: "key"; "ws", the workspaces; "grads", the
-    gradient buffer; the backups and the MPI reduction's buffer once needed, ``kept_buffer``),
-    reused by its next fit of the same shape and replaced by a fit of another. Allocated afresh
-    for each call, their page faults cost a one-epoch W3 fit 8% (2.02 against 1.85 s: 200 MB of
-    buffers), the grid's one-batch points 1.6-6.5%, and a 1-epoch fit of a small network a tenth
-    of its time (measured). Like PyTorch's .grad they stay with the network between calls; they
-    are not pickled or copied (Network.__getstate__)."""
+    gradient buffer; the epoch backup and the MPI reduction's buffer once needed, see
+    ``kept_buffer``), reused by its next fit of the same shape and replaced by a fit of another.
+    Allocated afresh for each call, their page faults cost a one-epoch W3 fit 8% (2.02 against
+    1.85 s: 200 MB of buffers), the grid's one-batch points 1.6-6.5%, and a 1-epoch fit of a
+    small network a tenth of its time (measured). Like PyTorch's .grad they stay with the network
+    between calls; they are not pickled or copied (Network.__getstate__)."""
     key = (rows, targets, net.dtype, net.n_params)
     kept = net._scratch
     if kept is None or kept["key"] != key:
@@ -106,11 +106,8 @@ class Engine:
         self.long_epochs = work > 4 * self.work_per_call and data.steps > 1
         self._kept = _scratch(net, rows, data.Y.shape[1])
         self.ws, self.grads = self._kept["ws"], self._kept["grads"]
-        # The epoch-start copy of params and optimiser state, made where the epoch is run: in
-        # the compiled loop (run_epochs), or here for an epoch cut into calls (save/restore).
-        # One of the two is allocated, when first needed: a copy of W3's weights is 42 MB.
         self._backup_size = net.n_params + state.optimizer.state.size
-        self.backup = self.epoch_backup = None
+        self._fixed = None  # run_epochs' arguments that stay the same from call to call
         self.no_backup = np.empty(0, net.dtype)
         self.no_rng = np.empty(0, np.uint64)
         self._drawn = None  # (rows, words) for orders drawn in compiled code, when first needed
@@ -140,17 +137,21 @@ class Engine:
 
     # ---------------------------------------------------------------- backup, restore, check
 
+    def _backup(self):
+        """The epoch-start copy of params and optimiser state (P + S,), kept with the network's
+        buffers and allocated when first needed (a copy of W3's weights is 42 MB). Made where the
+        epoch is run: in the compiled loop (run_epochs), or by save for an epoch cut into calls,
+        whose compiled calls get no backup (no_backup); so one buffer serves both."""
+        return kept_buffer(self._kept, "backup", self._backup_size, self.net.dtype)
+
     def save(self):
         """Remember params, optimiser state and step count (an epoch's start)."""
-        if self.epoch_backup is None:
-            self.epoch_backup = kept_buffer(self._kept, "epoch_backup", self._backup_size,
-                                            self.net.dtype)
-        K.save_state(self.epoch_backup, self.net._params, self.state.optimizer.state)
+        K.save_state(self._backup(), self.net._params, self.state.optimizer.state)
         self._saved_step = self.state.optimizer.step
 
     def restore(self, rng=None):
         """Go back to what ``save`` remembered (and rng to the epoch's start, when given)."""
-        K.restore_state(self.net._params, self.state.optimizer.state, self.epoch_backup)
+        K.restore_state(self.net._params, self.state.optimizer.state, self._backup())
         self.state.optimizer.step = self._saved_step
         if rng is not None:
             rng.bit_generator.state = self.rng_state
@@ -181,11 +182,9 @@ class Engine:
         batch's update) of the epochs completed (fewer than asked: the next one diverged and was
         undone, rng included), as sequences: lists for a short call."""
         d, opt, net = self.data, self.state.optimizer, self.net
-        if self.backup is None:
-            self.backup = kept_buffer(self._kept, "backup", self._backup_size, net.dtype)
-            # the arguments that stay the same from call to call (a 1-epoch fit is short)
+        if self._fixed is None:  # made once: a 1-epoch fit is short
             self._fixed = (net._layout, net._acts, self.use_blas, d.batch,
-                           opt.code, self._hyper, self._l2, *self.ws, self.backup, self.bound)
+                           opt.code, self._hyper, self._l2, *self.ws, self._backup(), self.bound)
         losses = np.zeros((len(lrs), 2))
         step = self._step
         step[0] = opt.step
