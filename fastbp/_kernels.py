@@ -40,14 +40,14 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 from numba.np.linalg import ensure_blas
 
-from . import _notice
+from . import _compiling
 from . import _pcg
 from . import _threads
 from . import _vmath as vm
 from ._jit import inner, renamed
 
 _threads.start_pool()  # before any cached kernel runs: see _threads.start_pool
-_notice.install()  # a first compile says so (see _notice)
+_compiling.install()  # a first compile says so, and pauses the collector (see _compiling)
 
 # Activation codes (the name table lives in activations.py).
 ACT_IDENTITY = 0

@@ -182,6 +182,45 @@ def test_a_first_compile_shows_a_notice_and_a_cached_start_does_not(tmp_path):
     assert "compiling" not in warm.stderr
 
 
+
+COLLECTOR = """
+import gc, numpy as np
+from numba.core import event
+import fastbp
+from fastbp import _kernels
+seen = []  # the collector's state as each compilation starts (registered after fastbp's listener)
+def report(what, *more):
+    print(what + ":", len(seen) > 0 and not any(seen), gc.isenabled(), *more)
+class Seen(event.Listener):
+    def on_start(self, ev):
+        seen.append(gc.isenabled())
+    def on_end(self, ev):
+        pass
+event.register("numba:compile", Seen())
+_kernels.copy(np.zeros(3), np.ones(3))  # a first call from Python compiles its twin
+report("on")
+seen.clear(); gc.disable()
+_kernels.all_finite(np.ones(3))
+report("off")
+seen.clear(); gc.enable()
+try:
+    _kernels.all_finite("not an array")  # fails to compile
+except Exception as e:
+    report("error", type(e).__name__)
+"""
+
+
+def test_a_compile_pauses_the_collector_and_restores_it(tmp_path):
+    """The garbage collector is off while fastbp's kernels compile (their compilation pays the
+    collector's full passes otherwise; see _compiling), and afterwards as it was before: on, off,
+    and on again after a compilation that raised."""
+    run = _run(COLLECTOR, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = dict(line.split(": ", 1) for line in run.stdout.splitlines())
+    assert lines["on"] == "True True"  # off while compiling, on after
+    assert lines["off"] == "True False"
+    assert lines["error"] == "True True TypingError"
+
 COMMON_FITS = """
 import numpy as np, fastbp
 from fastbp.sklearn import MLPClassifier
