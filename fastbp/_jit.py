@@ -108,6 +108,12 @@ class _InnerCompiler(CompilerBase):
         return [pm]
 
 
+# ``@overload(f, jit_options=LINKED)``: an overload's implementation, which only compiled code
+# calls, compiled as ``inner`` compiles (Numba's default for one: O3 and machine code of its own,
+# and the C wrapper)
+LINKED = dict(no_cfunc_wrapper=True, pipeline_class=_InnerCompiler)
+
+
 class _Inner(CPUDispatcher):
     """A dispatcher compiled for compiled callers only; Python calls its twin."""
 

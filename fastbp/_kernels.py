@@ -44,7 +44,7 @@ from . import _compiling
 from . import _pcg
 from . import _threads
 from . import _vmath as vm
-from ._jit import inner, renamed
+from ._jit import LINKED, inner, renamed
 
 _threads.start_pool()  # before any cached kernel runs: see _threads.start_pool
 _compiling.install()  # a first compile says so, and pauses the collector (see _compiling)
@@ -392,7 +392,7 @@ def _address_of(typingctx, x):
     return types.voidptr(x), codegen
 
 
-@overload(gemm)
+@overload(gemm, jit_options=LINKED)
 def _gemm_compiled(c, a, b, alpha, beta):
     layouts = [getattr(x, "layout", "") for x in (c, a, b)]
     if layouts[0] != "C" or not all(lay in ("C", "F") for lay in layouts[1:]):
@@ -1045,7 +1045,7 @@ def max_magnitude(x):
     return m if m <= np.finfo(x.dtype).max else np.inf  # NaN too
 
 
-@overload(max_magnitude)
+@overload(max_magnitude, jit_options=LINKED)
 def _max_magnitude_compiled(x):
     def impl(x):
         if x.shape[0] == 0:

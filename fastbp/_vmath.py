@@ -24,6 +24,8 @@ from numba import types
 from numba import njit
 from numba.extending import intrinsic, overload
 
+from ._jit import LINKED
+
 # --------------------------------------------------------------------------- bit casts
 
 
@@ -294,7 +296,7 @@ def sigmoid(x):
 
 
 def _register(fn, stub, how):
-    @overload(stub, inline=how)
+    @overload(stub, inline=how, jit_options=LINKED)
     def _ol(x):
         impl = _IMPL.get(x)
         if impl is not None:
