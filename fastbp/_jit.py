@@ -118,9 +118,10 @@ class _InnerCompiler(CompilerBase):
         return [pm]
 
 
-# ``@overload(f, jit_options=LINKED)``: an overload's implementation, which only compiled code
-# calls, compiled as ``inner`` compiles (Numba's default for one: O3 and machine code of its own,
-# and the C wrapper)
+# How ``inner`` compiles a kernel into a ``_LinkedLibrary`` (less the Python wrapper, which an
+# overload's implementation never has); also ``@overload(f, jit_options=LINKED)`` for an
+# overload's implementation, which only compiled code calls (Numba's default for one: O3 and
+# machine code of its own, and the C wrapper)
 LINKED = dict(no_cfunc_wrapper=True, pipeline_class=_InnerCompiler)
 
 
@@ -161,8 +162,8 @@ def inner(optimised_alone=False, **options):
     needs: linked only, it ran 15% slower, measured). With Numba's JIT off
     (``NUMBA_DISABLE_JIT=1``) the plain function."""
     def decorate(f):
-        how = dict(cache=True) if optimised_alone else dict(pipeline_class=_InnerCompiler)
-        disp = njit(no_cpython_wrapper=True, no_cfunc_wrapper=True, **how, **options)(f)
+        how = dict(cache=True, no_cfunc_wrapper=True) if optimised_alone else LINKED
+        disp = njit(no_cpython_wrapper=True, **how, **options)(f)
         if not isinstance(disp, CPUDispatcher):  # the JIT is off
             return disp
         disp.__class__ = _Inner
