@@ -45,6 +45,7 @@ from . import _pcg
 from . import _threads
 from . import _vmath as vm
 from ._jit import LINKED, inner, renamed
+from ._inline import flat, matrix, max2, min2
 
 _threads.start_pool()  # before any cached kernel runs: see _threads.start_pool
 _compiling.install()  # a first compile says so, and pauses the collector (see _compiling)
@@ -110,7 +111,7 @@ def _logsumexp_parts(logits, b):
     OC = logits.shape[1]
     m = logits[b, 0]
     for o in range(1, OC):
-        m = max(m, logits[b, o])
+        m = max2(m, logits[b, o])
     s = np.float64(0)
     for o in range(OC):
         s += vm.exp(logits[b, o] - m)
@@ -123,7 +124,7 @@ def _shift_by_max(d, z):
     the softmax is taken of these, so each term is <= 1 and none overflows."""
     m = z[0]
     for o in range(1, z.shape[0]):
-        m = max(m, z[o])
+        m = max2(m, z[o])
     for o in range(z.shape[0]):
         d[o] = z[o] - m
     return m
@@ -228,7 +229,7 @@ def _act_rows(a, act, b0, b1):
     """Rows b0..b1-1 of a (B, N) = act(those rows), in place, as one flat loop: a narrow layer's
     rows are too short to pay for a loop (and a call) each."""
     if act != ACT_IDENTITY:
-        _act_row(a[b0:b1].reshape(-1), act)
+        _act_row(flat(a[b0:b1]), act)
 
 
 @inner()
@@ -236,7 +237,7 @@ def _act_grad_rows(dz, a, act, b0, b1):
     """Rows b0..b1-1 of dz (B, N): dL/da in, dL/dz out, from the output a (B, N), as one flat
     loop (see _act_rows)."""
     if act != ACT_IDENTITY:
-        _act_grad_row(dz[b0:b1].reshape(-1), a[b0:b1].reshape(-1), act)
+        _act_grad_row(flat(dz[b0:b1]), flat(a[b0:b1]), act)
 
 
 @inner(parallel=True)
@@ -246,7 +247,7 @@ def activation_forward(a, act):
     B, N = a.shape
     if _parallel(B * N):
         for k in prange((B + ROW_BLOCK - 1) // ROW_BLOCK):
-            _act_rows(a, act, k * ROW_BLOCK, min(B, (k + 1) * ROW_BLOCK))
+            _act_rows(a, act, k * ROW_BLOCK, min2(B, (k + 1) * ROW_BLOCK))
     else:
         _act_rows(a, act, 0, B)
 
@@ -259,7 +260,7 @@ def activation_backward(dz, a, act):
     B, N = a.shape
     if _parallel(B * N):
         for k in prange((B + ROW_BLOCK - 1) // ROW_BLOCK):
-            _act_grad_rows(dz, a, act, k * ROW_BLOCK, min(B, (k + 1) * ROW_BLOCK))
+            _act_grad_rows(dz, a, act, k * ROW_BLOCK, min2(B, (k + 1) * ROW_BLOCK))
     else:
         _act_grad_rows(dz, a, act, 0, B)
 
@@ -291,7 +292,7 @@ def _bias_act(out, bias, act):
         row = out[b]
         for o in range(row.shape[0]):
             row[o] += bias[o]
-    _act_row(out.reshape(-1), act)
+    _act_row(flat(out), act)
 
 
 @inner()
@@ -318,7 +319,7 @@ def _dbias_block(dbias, dout, k):
     order."""
     B, OC = dout.shape
     o0 = k * BIAS_BLOCK
-    o1 = min(OC, o0 + BIAS_BLOCK)
+    o1 = min2(OC, o0 + BIAS_BLOCK)
     db = dbias[o0:o1]  # views indexed from 0: see _sgd_chunk
     first = dout[0, o0:o1]
     for j in range(o1 - o0):
@@ -335,7 +336,7 @@ def delta_and_dbias(dbias, dout, out, act):
     leaves it), and dbias (OC,) = its sum over rows, rows in order: all rows, then blocks of
     columns."""
     OC = dout.shape[1]
-    _act_grad_row(dout.reshape(-1), out.reshape(-1), act)
+    _act_grad_row(flat(dout), flat(out), act)
     for k in range((OC + BIAS_BLOCK - 1) // BIAS_BLOCK):
         _dbias_block(dbias, dout, k)
 
@@ -413,7 +414,7 @@ def _gemm_compiled(c, a, b, alpha, beta):
         if M == 0 or N == 0:
             return
         status = _xxgemm(kind, trans_b, trans_a, N, M, K, _address_of(cast(alpha)), b.ctypes,
-                         max(1, N if b_c else K), a.ctypes, max(1, K if a_c else M),
+                         max2(1, N if b_c else K), a.ctypes, max2(1, K if a_c else M),
                          _address_of(cast(beta)), c.ctypes, N)
         if status != 0:
             raise RuntimeError("BLAS gemm (SciPy's, through Numba) is not available")
@@ -498,7 +499,7 @@ def _sparse_dweight_block(dweight, data, indices, indptr, index, start, dout, k)
     each batch row's stored values scattered, rows in order."""
     B, OC = dout.shape
     o0 = k * BIAS_BLOCK
-    o1 = min(OC, o0 + BIAS_BLOCK)
+    o1 = min2(OC, o0 + BIAS_BLOCK)
     for c in range(dweight.shape[0]):
         for o in range(o0, o1):
             dweight[c, o] = 0
@@ -541,10 +542,10 @@ def _loss_row(logits, targets, loss, b):
         for o in range(OC):
             z = logits[b, o]
             # max(z, 0) - z y + log(1 + exp(-|z|)): finite for any finite z.
-            s += max(z, 0) - z * targets[b, o] + vm.log1p(vm.exp(-abs(z)))
+            s += max2(z, 0) - z * targets[b, o] + vm.log1p(vm.exp(-abs(z)))
     elif loss == LOSS_CE:
         m, e = _logsumexp_parts(logits, b)
-        s = m + vm.log(e) - logits[b, int(targets[b, 0])]
+        s = m + vm.log(e) - logits[b, np.int64(targets[b, 0])]
     elif loss == LOSS_POISSON:
         for o in range(OC):
             s += _poisson_row_term(logits[b, o], targets[b, o])
@@ -590,7 +591,7 @@ def _loss_backward_row(dlogits, logits, targets, loss, b):
     elif loss == LOSS_CE:
         _shift_by_max(dlogits[b], logits[b])
         _exp_block(dlogits[b])
-        _ce_delta(dlogits[b], int(targets[b, 0]), B)
+        _ce_delta(dlogits[b], np.int64(targets[b, 0]), B)
     elif loss == LOSS_POISSON:
         scale = 1.0 / (B * OC)
         for o in range(OC):
@@ -611,10 +612,10 @@ def _ce_block(row_loss, logits, targets, b0, b1):
     B = logits.shape[0]
     for b in range(b0, b1):
         _shift_by_max(logits[b], logits[b])
-        row_loss[b] = logits[b, int(targets[b, 0])]
-    _exp_block(logits[b0:b1].reshape(-1))
+        row_loss[b] = logits[b, np.int64(targets[b, 0])]
+    _exp_block(flat(logits[b0:b1]))
     for b in range(b0, b1):
-        s = _ce_delta(logits[b], int(targets[b, 0]), B)
+        s = _ce_delta(logits[b], np.int64(targets[b, 0]), B)
         row_loss[b] = vm.log(s) - row_loss[b]
 
 
@@ -640,7 +641,7 @@ def loss_forward_backward(row_loss, logits, targets, loss):
     B, OC = logits.shape
     for k in range((B + LOSS_BLOCK - 1) // LOSS_BLOCK):
         _loss_delta_rows(row_loss, logits, targets, loss, k * LOSS_BLOCK,
-                         min(B, (k + 1) * LOSS_BLOCK))
+                         min2(B, (k + 1) * LOSS_BLOCK))
     total = np.float64(0)
     for b in range(B):
         total += row_loss[b]
@@ -702,7 +703,7 @@ def count_correct(logits, targets, loss):
             for o in range(1, OC):
                 if logits[b, o] > logits[b, best]:
                     best = o
-            if best == int(targets[b, 0]):
+            if best == np.int64(targets[b, 0]):
                 hits += 1
     elif loss == LOSS_BCE:
         for b in range(B):
@@ -730,7 +731,7 @@ def _sgd_chunk(params, velocity, grads, lr, momentum, nesterov, weight_decay, up
     each body is branch-free, and loops over views from index 0, which Numba compiles without
     negative-index checks: both needed for the loop to vectorise (5x faster, measured)."""
     i0 = k * UPDATE_CHUNK
-    i1 = min(params.shape[0], i0 + UPDATE_CHUNK)
+    i1 = min2(params.shape[0], i0 + UPDATE_CHUNK)
     p = params[i0:i1]
     g = grads[i0:i1]
     n = i1 - i0
@@ -780,7 +781,7 @@ def _adam_chunk(params, m, v, grads, c, beta1, beta2, weight_decay, decoupled, k
     (lr, lr / (1 - beta1^t), sqrt(1 - beta2^t), eps inside, eps outside) in the parameters'
     dtype. Views from index 0, as in _sgd_chunk, so the loop vectorises."""
     i0 = k * UPDATE_CHUNK
-    i1 = min(params.shape[0], i0 + UPDATE_CHUNK)
+    i1 = min2(params.shape[0], i0 + UPDATE_CHUNK)
     p = params[i0:i1]
     g = grads[i0:i1]
     mk = m[i0:i1]
@@ -869,7 +870,7 @@ def layer_views(params, layout, l):
     OC = layout[l, LAY_OC]
     w0 = layout[l, LAY_W]
     b0 = layout[l, LAY_B]
-    return params[w0:w0 + C * OC].reshape((C, OC)), params[b0:b0 + OC]
+    return matrix(params[w0:w0 + C * OC], C, OC), params[b0:b0 + OC]
 
 
 @inner()
@@ -879,7 +880,7 @@ def activation_view(act_buf, layout, B, l):
     for k in range(l):
         off += B * layout[k, LAY_OC]
     OC = layout[l, LAY_OC]
-    return act_buf[off:off + B * OC].reshape((B, OC))
+    return matrix(act_buf[off:off + B * OC], B, OC)
 
 
 @inner()
@@ -912,7 +913,7 @@ def sparse_network_forward(act_buf, params, Xs, index, start, B, layout, acts, u
     W0, b0 = layer_views(params, layout, 0)
     sparse_forward(activation_view(act_buf, layout, B, 0), Xs[0], Xs[1], Xs[2], index, start, W0,
                    b0, out_act(acts, layout.shape[0], 0))
-    network_forward(act_buf, params, act_buf[:0].reshape((B, 0)), layout, acts, use_blas, 1)
+    network_forward(act_buf, params, matrix(act_buf[:0], B, 0), layout, acts, use_blas, 1)
 
 
 @inner()
@@ -937,7 +938,7 @@ def network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, use_b
         dW, db = layer_views(grads, layout, l)
         C = layout[l, LAY_C] if l > 0 else 0
         s0 = (l % 2) * half
-        dinp = delta_buf[s0:s0 + B * C].reshape((B, C))
+        dinp = matrix(delta_buf[s0:s0 + B * C], B, C)
         x = inp if l == 0 else activation_view(act_buf, layout, B, l - 1)
         dense_backward(dinp, dW, db, dout, x, W, bias, activation_view(act_buf, layout, B, l),
                        out_act(acts, L, l), use_blas[l], l > 0, sgd)
@@ -1192,8 +1193,8 @@ def _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, lay
     if Xs is not None or first >= 0:
         C0 = 0  # sparse, or rows read in place: only the targets are gathered
     T = Y.shape[1]
-    inp = inp_buf[:B * C0].reshape((B, C0))
-    tgt = tgt_buf[:B * T].reshape((B, T))
+    inp = matrix(inp_buf[:B * C0], B, C0)
+    tgt = matrix(tgt_buf[:B * T], B, T)
     gather_rows(inp, tgt, X, Y, index, start)
     if first >= 0:
         # consecutive rows (an epoch in order) are read where they are: the copy cost a W2 step
@@ -1289,7 +1290,7 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
             for o in range(OCL):
                 z = act_buf[_ix(z0 + o)]
                 t = Y[_ix(r), o]
-                row_value += max(z, 0) - z * t + vm.log1p_inline(vm.exp_inline(-abs(z)))
+                row_value += max2(z, 0) - z * t + vm.log1p_inline(vm.exp_inline(-abs(z)))
                 p = vm.sigmoid_inline(z)
                 delta_buf[_ix(dd + o)] = (p - t) / (B * OCL)
                 if (p > 0.5) != (t > 0.5):
@@ -1305,7 +1306,7 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
             se = np.float64(0)
             for o in range(OCL):
                 se += vm.exp_inline(act_buf[_ix(z0 + o)] - m)
-            label = int(Y[_ix(r), 0])
+            label = np.int64(Y[_ix(r), 0])
             if best == label:
                 correct[0] += 1.0
             row_value = m + vm.log_inline(se) - act_buf[_ix(z0 + label)]
@@ -1481,7 +1482,7 @@ def _train_epochs(fused, loss):
                 # the orders of the next epochs drawn back to back, each epoch's generator state
                 # kept to undo it (a shuffled XOR epoch: +3-6% on one in order, +11-12% drawn one
                 # an epoch, measured)
-                for j in range(min(order.shape[0], E - e)):
+                for j in range(min2(order.shape[0], E - e)):
                     copy(rng[W * (j + 1):W * (j + 2)], rng[:W])
                     _pcg.permutation(rng[:W], order[j])
             index = order[k]
@@ -1505,7 +1506,7 @@ def _train_epochs(fused, loss):
             correct[0] = epoch_loss[e, 1]
             ok = True
             for start in range(0, N, batch_size):
-                stop = min(N, start + batch_size)
+                stop = min2(N, start + batch_size)
                 # A batch whose sample weights sum to 0 has no weighted mean: it is skipped (no
                 # update, no step), as its rows would add nothing to a larger batch's mean either.
                 if weighted and weight_sum(SW, index, start, stop) == 0:
@@ -1573,7 +1574,7 @@ def _evaluate(loss):
         chunk = row_loss.shape[0]
         total = 0.0
         for start in range(0, N, chunk):
-            B = min(chunk, N - start)
+            B = min2(chunk, N - start)
             if Xs is not None:
                 sparse_network_forward(act_buf, params, Xs, index, start, B, layout, acts,
                                        use_blas)
