@@ -5,7 +5,8 @@ Trains the workloads W1, W2, W3 (``fastbp.workloads``) with fastbp, the lean Num
 PyTorch (``torch.nn.Linear`` + ``torch.optim.SGD``), JAX (the whole epoch in one ``jax.jit`` as a
 ``lax.scan`` over the minibatches; a full-batch run such as W1 as one ``lax.fori_loop``) and
 scikit-learn (``MLPClassifier``/``MLPRegressor``, ``solver="sgd"``), one after another in this
-process, each after a warm-up, and reports the median of the repeats. ``--grid`` does the same over
+process, each after a warm-up, and reports the median of the repeats (W1, whose calls take
+milliseconds: of at least a second of calls, see ``median_time``). ``--grid`` does the same over
 the ~30 points of ``workloads.GRID`` and prints fastbp's ratio to the fastest peer at each point
 and the geometric mean. The
 machine's float32 (and float64) matmul rate, NumPy ``a @ b`` at 4096 x 4096, is measured in the same
@@ -185,9 +186,14 @@ def available(impl):
 # ----------------------------------------------------------------- measurements
 
 
-def median_time(fn, repeats):
+def median_time(fn, repeats, min_seconds=0.0):
+    """The median seconds of fn() over at least ``repeats`` calls, and more until the calls add up
+    to ``min_seconds``; and the times. A call of a few milliseconds (W1: 1000 XOR epochs) timed 7
+    times samples one moment of a shared machine, whose speed moves in spells (fastbp's W1 epoch
+    0.36-0.37 us or 0.56-0.63 us for a tenth of a second at a time, measured): calls over a second
+    give every implementation the median of the same spread of spells."""
     times = []
-    for _ in range(repeats):
+    while len(times) < repeats or sum(times) < min_seconds:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
@@ -205,27 +211,27 @@ def matmul_gflops(dtype, n=4096, repeats=5):
 
 
 def plan(name, quick):
-    """(samples, epochs per timed call, repeats) for a workload."""
+    """(samples, epochs per timed call, least repeats, least seconds of calls) for a workload."""
     w = wl.WORKLOADS[name]
     if name == "W1":
-        return w.samples, (200 if quick else 1000), (3 if quick else 7)
+        return w.samples, (200 if quick else 1000), (3 if quick else 7), (0.2 if quick else 1.0)
     if quick:
-        return (w.batch * 16 if name == "W2" else w.batch), 1, 3
-    return w.samples, 1, 5
+        return (w.batch * 16 if name == "W2" else w.batch), 1, 3, 0.0
+    return w.samples, 1, 5, 0.0
 
 
 def measure(name, impl, dtype, quick):
     w = wl.WORKLOADS[name]
-    samples, epochs, repeats = plan(name, quick)
+    samples, epochs, repeats, seconds = plan(name, quick)
     X, y = wl.data(name, dtype, samples)
     t0 = time.perf_counter()
     trainer = TRAINERS[impl](w, dtype, X, y)
     trainer.run(1)  # warm-up: Numba compiles or loads its cache here; BLAS and torch warm up
     first = time.perf_counter() - t0
-    t, times = median_time(lambda: trainer.run(epochs), repeats)
+    t, times = median_time(lambda: trainer.run(epochs), repeats, seconds)
     per_epoch = t / epochs
     return dict(workload=name, impl=impl, dtype=np.dtype(dtype).name, samples=samples,
-                epochs_per_call=epochs, repeats=repeats, seconds_per_epoch=per_epoch,
+                epochs_per_call=epochs, repeats=len(times), seconds_per_epoch=per_epoch,
                 samples_per_s=samples / per_epoch,
                 gflops=wl.training_flops(name, samples) / per_epoch / 1e9,
                 first_call_s=first, times=times)
@@ -257,7 +263,7 @@ def _rss_probe(name, impl, dtype, quick):
     # would report its parent's peak. VmHWM starts afresh with exec, and clear_refs resets it.
     if impl in ("fastbp", "torch", "sklearn"):
         __import__({"fastbp": "numba", "torch": "torch", "sklearn": "sklearn.neural_network"}[impl])
-    samples, _, _ = plan(name, quick)
+    samples = plan(name, quick)[0]
     X, y = wl.data(name, dtype, samples)
     base = _status_mib("VmRSS")
     try:
@@ -567,9 +573,11 @@ def print_report(report, out=sys.stdout):
         w = wl.WORKLOADS[name]
         for dt in dict.fromkeys(r["dtype"] for r in rows if r["workload"] == name):
             sel = [r for r in rows if r["workload"] == name and r["dtype"] == dt]
+            calls = sorted({r["repeats"] for r in sel})
+            calls = f"{calls[0]}" if len(calls) == 1 else f"{calls[0]}-{calls[-1]}"
             print(f"\n{name} {w.what}: {'-'.join(map(str, w.sizes))} {w.activation}/{w.loss}, "
                   f"batch {w.batch}, {sel[0]['samples']} samples, {dt}, median of "
-                  f"{sel[0]['repeats']} x {sel[0]['epochs_per_call']} epoch(s)", file=out)
+                  f"{calls} x {sel[0]['epochs_per_call']} epoch(s)", file=out)
             print(f"  {'impl':8s} {'per epoch':>11s} {'samples/s':>12s} {'GFLOP/s':>8s} "
                   f"{'% matmul':>8s} {'vs numpy':>9s} {'RSS MiB':>10s} {'1st call':>9s}", file=out)
             for r in sel:
