@@ -63,6 +63,7 @@ LOSS_BCE = 0  # sigmoid output, binary_cross_entropy_with_logits
 LOSS_CE = 1  # softmax output, cross_entropy over integer labels
 LOSS_MSE = 2  # identity output, mse_loss
 LOSS_POISSON = 3  # exp output, half Poisson deviance (scikit-learn's loss='poisson')
+LOSS_CODES = (LOSS_BCE, LOSS_CE, LOSS_MSE, LOSS_POISSON)  # in code order (0, 1, 2, 3)
 
 # Columns of the ``layout`` array: one row per dense layer.
 LAY_C, LAY_OC, LAY_W, LAY_B = 0, 1, 2, 3
@@ -1089,7 +1090,7 @@ def data_bounds(X, Y, SW):
 @inner()
 def bounded_step(params, layout, acts, xmax, ymax, scale, B, loss, lr, bound, carried):
     """Whether plain SGD's step on a batch of B rows whose inputs, targets and sample weights are
-    bounded by xmax, ymax and scale (``data_bounds``), taken as ``_batch_gradients_layers`` takes
+    bounded by xmax, ymax and scale (``data_bounds``), taken as the ``BATCH_LAYERS`` kernels take
     it, provably computes nothing but finite numbers and leaves every parameter finite: then an
     epoch of that one batch needs no backup copy of the parameters, nor a check of them
     afterwards (at 4096 x 4096, batch 128, the copy and the check cost 7 and 2 ms of a 35 ms
@@ -1173,63 +1174,74 @@ def _first_of_run(index, start, stop):
     return first
 
 
-# inlined into its two callers (the drivers' closures): compiled as a function of its own, its
-# whole call tree was optimised and emitted once more (a cold digits fit 9.9-10.1 -> 8.7-9.2 s)
-@njit(cache=True, inline="always")
-def _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts,
-                            use_blas, loss, inp_buf, tgt_buf, act_buf, delta_buf, row_loss,
-                            correct, sgd):
-    """``batch_gradients`` through the per-layer kernels (gather, forward, fused loss, backward);
-    a sparse X (Xs) goes through the sparse first layer instead of being gathered. sgd (1,) =
-    (lr,), dense input only: plain SGD's step is taken in the backward pass instead of leaving
-    the gradients (see network_backward); not taken when the loss is not finite."""
-    B = stop - start
-    # Xs None (dense input): the sparse branches below are pruned before typing, so a dense fit
-    # never compiles the sparse kernels (`Xs is not None` must be the test itself for that)
-    first = -1
-    if Xs is None:
-        first = _first_of_run(index, start, stop)
-    C0 = X.shape[1]
-    if Xs is not None or first >= 0:
-        C0 = 0  # sparse, or rows read in place: only the targets are gathered
-    T = Y.shape[1]
-    inp = matrix(inp_buf[:B * C0], B, C0)
-    tgt = matrix(tgt_buf[:B * T], B, T)
-    gather_rows(inp, tgt, X, Y, index, start)
-    if first >= 0:
-        # consecutive rows (an epoch in order) are read where they are: the copy cost a W2 step
-        # 7% (33 of 440 us)
-        inp = X[first:first + B]
-    if Xs is not None:
-        sparse_network_forward(act_buf, params, Xs, index, start, B, layout, acts, use_blas)
-    else:
-        network_forward(act_buf, params, inp, layout, acts, use_blas)
-    logits = activation_view(act_buf, layout, B, layout.shape[0] - 1)
-    correct[0] += count_correct(logits, tgt, loss)
-    value = loss_forward_backward(row_loss[:B], logits, tgt, loss)  # logits now hold the delta
-    if SW.shape[0] > 0:
-        # Weighted mean, as scikit-learn: sum_b w_b loss_b / sum_b w_b; each row's delta (which
-        # holds 1/B) is scaled by w_b B / sum w.
-        wsum = weight_sum(SW, index, start, stop)
-        total = np.float64(0)
-        for b in range(B):
-            total += SW[index[start + b]] * row_loss[b]
-        value = total / wsum / (1 if loss == LOSS_CE else logits.shape[1])
-    if np.isfinite(value):
-        if SW.shape[0] > 0:
-            for b in range(B):
-                f = SW[index[start + b]] * B / wsum
-                for o in range(logits.shape[1]):
-                    logits[b, o] *= f
+def _batch_gradients_layers(loss):
+    """``batch_gradients`` through the per-layer kernels for the loss code ``loss`` (see
+    BATCH_LAYERS)."""
+    @inner()
+    def batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts,
+                               use_blas, inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct,
+                               sgd):
+        """``batch_gradients`` through the per-layer kernels (gather, forward, fused loss,
+        backward); a sparse X (Xs) goes through the sparse first layer instead of being
+        gathered. sgd (1,) = (lr,), dense input only: plain SGD's step is taken in the backward
+        pass instead of leaving the gradients (see network_backward); not taken when the loss is
+        not finite."""
+        B = stop - start
+        # Xs None (dense input): the sparse branches below are pruned before typing, so a dense
+        # fit never compiles the sparse kernels (`Xs is not None` must be the test itself)
+        first = -1
+        if Xs is None:
+            first = _first_of_run(index, start, stop)
+        C0 = X.shape[1]
+        if Xs is not None or first >= 0:
+            C0 = 0  # sparse, or rows read in place: only the targets are gathered
+        T = Y.shape[1]
+        inp = matrix(inp_buf[:B * C0], B, C0)
+        tgt = matrix(tgt_buf[:B * T], B, T)
+        gather_rows(inp, tgt, X, Y, index, start)
+        if first >= 0:
+            # consecutive rows (an epoch in order) are read where they are: the copy cost a W2
+            # step 7% (33 of 440 us)
+            inp = X[first:first + B]
         if Xs is not None:
-            dout = network_backward(grads, delta_buf, params, inp, act_buf, layout, acts,
-                                    use_blas, sgd[:0], 1)
-            dW0, db0 = layer_views(grads, layout, 0)
-            sparse_backward(dW0, db0, dout, activation_view(act_buf, layout, B, 0),
-                            out_act(acts, layout.shape[0], 0), Xs[0], Xs[1], Xs[2], index, start)
+            sparse_network_forward(act_buf, params, Xs, index, start, B, layout, acts, use_blas)
         else:
-            network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, use_blas, sgd)
-    return value
+            network_forward(act_buf, params, inp, layout, acts, use_blas)
+        logits = activation_view(act_buf, layout, B, layout.shape[0] - 1)
+        correct[0] += count_correct(logits, tgt, loss)
+        value = loss_forward_backward(row_loss[:B], logits, tgt, loss)  # logits now hold the delta
+        if SW.shape[0] > 0:
+            # Weighted mean, as scikit-learn: sum_b w_b loss_b / sum_b w_b; each row's delta
+            # (which holds 1/B) is scaled by w_b B / sum w.
+            wsum = weight_sum(SW, index, start, stop)
+            total = np.float64(0)
+            for b in range(B):
+                total += SW[index[start + b]] * row_loss[b]
+            value = total / wsum / (1 if loss == LOSS_CE else logits.shape[1])
+        if np.isfinite(value):
+            if SW.shape[0] > 0:
+                for b in range(B):
+                    f = SW[index[start + b]] * B / wsum
+                    for o in range(logits.shape[1]):
+                        logits[b, o] *= f
+            if Xs is not None:
+                dout = network_backward(grads, delta_buf, params, inp, act_buf, layout, acts,
+                                        use_blas, sgd[:0], 1)
+                dW0, db0 = layer_views(grads, layout, 0)
+                sparse_backward(dW0, db0, dout, activation_view(act_buf, layout, B, 0),
+                                out_act(acts, layout.shape[0], 0), Xs[0], Xs[1], Xs[2], index,
+                                start)
+            else:
+                network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, use_blas,
+                                 sgd)
+        return value
+    return batch_gradients_layers
+
+
+# One kernel per loss, the loss a constant of each (the other losses' code pruned before typing),
+# linked into both drivers. Numba once inlined it into them instead (inline="always"), which
+# copies its IR block by block: 0.23 s of a cold digits fit (measured: the commit that made this).
+BATCH_LAYERS = tuple(_batch_gradients_layers(c) for c in LOSS_CODES)
 
 
 @njit(cache=True, inline="always")
@@ -1239,7 +1251,7 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
     function over the flat buffers, with no per-layer kernel calls or array views. At 2-4-1 those
     calls cost more than the arithmetic: 1.9 us per epoch through the per-layer kernels against
     0.6 us this way (measured). sgd (1,) = (lr,): plain SGD's step is taken here too, params -=
-    lr * grads, when the loss is finite (as in _batch_gradients_layers).
+    lr * grads, when the loss is finite (as in BATCH_LAYERS).
 
     Serial: such networks are far below PARALLEL_MIN_WORK. Each pass runs over all the batch's
     rows, layer by layer, as the per-layer kernels do, so a hidden layer's derivative is
@@ -1366,6 +1378,8 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
 def _batch_gradients(fused, loss):
     """batch_gradients for networks run by the fused loop (fused True) or by the per-layer
     kernels, for the loss code ``loss`` (see BATCH_GRADIENTS)."""
+    layers = BATCH_LAYERS[loss]
+
     @njit(cache=True)
     def batch_gradients(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts, use_blas,
                         l2, inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct):
@@ -1392,9 +1406,9 @@ def _batch_gradients(fused, loss):
             value = _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout,
                                            acts, loss, act_buf, delta_buf, correct, params[:0])
         else:
-            value = _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop,
-                                            layout, acts, use_blas, loss, inp_buf, tgt_buf,
-                                            act_buf, delta_buf, row_loss, correct, params[:0])
+            value = layers(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts,
+                           use_blas, inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct,
+                           params[:0])
         if l2 is None:
             return value
         return _with_l2(value, grads, params, layout, SW, index, start, stop, l2)
@@ -1427,6 +1441,8 @@ def _with_l2(value, grads, params, layout, SW, index, start, stop, l2):
 def _train_epochs(fused, loss):
     """train_epochs for networks run by the fused loop (fused True) or by the per-layer kernels,
     for the loss code ``loss`` (see TRAIN_EPOCHS)."""
+    layers = BATCH_LAYERS[loss]
+
     @njit(cache=True)
     def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, rng, lrs,
                      layout, acts, use_blas, batch_size, opt, hyper, l2,
@@ -1517,10 +1533,9 @@ def _train_epochs(fused, loss):
                                                    layout, acts, loss, act_buf, delta_buf, correct,
                                                    sgd)
                 else:
-                    value = _batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start,
-                                                    stop, layout, acts, use_blas, loss, inp_buf,
-                                                    tgt_buf, act_buf, delta_buf, row_loss, correct,
-                                                    sgd)
+                    value = layers(grads, params, X, Xs, Y, SW, index, start, stop, layout,
+                                   acts, use_blas, inp_buf, tgt_buf, act_buf, delta_buf,
+                                   row_loss, correct, sgd)
                 if l2 is not None:
                     value = _with_l2(value, grads, params, layout, SW, index, start, stop, l2)
                 if not np.isfinite(value):
@@ -1548,11 +1563,10 @@ def _train_epochs(fused, loss):
 
 # One definition of each driver, compiled as one function per path and loss: ``fused`` and
 # ``loss`` are constants of each closure, so the paths not taken are pruned before typing (down
-# through the inlined _batch_gradients_layers, loss_forward_backward, _loss_delta_rows and
+# through BATCH_LAYERS[loss] and the inlined loss_forward_backward, _loss_delta_rows and
 # count_correct) and a first fit compiles only its own: an XOR-sized fit no per-layer kernels,
 # a larger one no fused loop, a cross-entropy fit no other loss (seconds of a cold start).
 # Indexed [fused_loop(...)][loss code].
-LOSS_CODES = (LOSS_BCE, LOSS_CE, LOSS_MSE, LOSS_POISSON)  # in code order (0, 1, 2, 3)
 BATCH_GRADIENTS = tuple(tuple(_batch_gradients(f, c) for c in LOSS_CODES) for f in (False, True))
 TRAIN_EPOCHS = tuple(tuple(_train_epochs(f, c) for c in LOSS_CODES) for f in (False, True))
 

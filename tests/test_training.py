@@ -340,9 +340,9 @@ def test_fused_small_loop_matches_the_per_layer_kernels(loss, act, dtype, weight
         v_fused = K.BATCH_GRADIENTS[True][net._loss.code](
             fused, net._params, data.X, data.Xs, data.Y, data.SW, index, start, stop, net._layout,
             net._acts, use_blas, None, *ws)
-        v_layers = K._batch_gradients_layers(layers, net._params, data.X, data.Xs, data.Y, data.SW,
-                                             index, start, stop, net._layout, net._acts,
-                                             use_blas, net._loss.code, *ws, net._params[:0])
+        v_layers = K.BATCH_LAYERS[net._loss.code](
+            layers, net._params, data.X, data.Xs, data.Y, data.SW, index, start, stop,
+            net._layout, net._acts, use_blas, *ws, net._params[:0])
         tol = 1e-12 if dtype == np.float64 else 1e-5
         assert rel_err(v_fused, v_layers) < tol
         assert rel_err(fused, layers) < tol
