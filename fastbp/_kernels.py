@@ -270,22 +270,6 @@ def activation_backward(dz, a, act):
 
 
 @inner()
-def _dense_forward_row(out, inp, weight, bias, act, b):
-    """Row b of out (B, OC) = act(inp (B, C) @ weight (C, OC) + bias): the weight rows are
-    streamed contiguously, accumulating into the output row, activated while it is in cache."""
-    C, OC = weight.shape
-    o_row = out[b]
-    for o in range(OC):
-        o_row[o] = bias[o]
-    for c in range(C):
-        x = inp[b, c]
-        w_row = weight[c]
-        for o in range(OC):
-            o_row[o] += x * w_row[o]
-    _act_row(o_row, act)
-
-
-@inner()
 def _bias_act(out, bias, act):
     """out (B, OC) = act(out + bias): the pass after a gemm, the activation as one flat loop (a
     narrow layer's rows are too short to pay for a loop each)."""
@@ -297,21 +281,11 @@ def _bias_act(out, bias, act):
 
 
 @inner()
-def dense_forward(out, inp, weight, bias, act, use_blas):
+def dense_forward(out, inp, weight, bias, act):
     """out (B, OC) = act(inp (B, C) @ weight (C, OC) + bias (OC,)); act: an ACT_ code
-    (ACT_IDENTITY for logits).
-
-    ``use_blas`` picks one gemm call and then one pass adding the bias and activating (large
-    shapes), or explicit loops over batch rows (small shapes, where the BLAS call overhead
-    dominates).
-    """
-    B = inp.shape[0]
-    if use_blas:
-        gemm(out, inp, weight, 1.0, 0.0)
-        _bias_act(out, bias, act)
-    else:
-        for b in range(B):
-            _dense_forward_row(out, inp, weight, bias, act, b)
+    (ACT_IDENTITY for logits). One gemm call, then one pass adding the bias and activating."""
+    gemm(out, inp, weight, 1.0, 0.0)
+    _bias_act(out, bias, act)
 
 
 @inner()
@@ -340,35 +314,6 @@ def delta_and_dbias(dbias, dout, out, act):
     _act_grad_row(flat(dout), flat(out), act)
     for k in range((OC + BIAS_BLOCK - 1) // BIAS_BLOCK):
         _dbias_block(dbias, dout, k)
-
-
-@inner()
-def _dweight_row(dweight, dout, inp, c):
-    """Row c of dweight (C, OC) = inp^T @ dout: the batch rows summed in order."""
-    B, OC = dout.shape
-    dw = dweight[c]
-    x = inp[0, c]
-    first = dout[0]
-    for o in range(OC):
-        dw[o] = x * first[o]
-    for b in range(1, B):
-        x = inp[b, c]
-        row = dout[b]
-        for o in range(OC):
-            dw[o] += x * row[o]
-
-
-@inner()
-def _dinp_row(dinp, dout, weight, b):
-    """Row b of dinp (B, C) = dout @ weight^T."""
-    C, OC = weight.shape
-    d = dout[b]
-    for c in range(C):
-        w = weight[c]
-        s = d[0] * w[0]
-        for o in range(1, OC):
-            s += d[o] * w[o]
-        dinp[b, c] = s
 
 
 def gemm(c, a, b, alpha, beta):
@@ -423,40 +368,26 @@ def _gemm_compiled(c, a, b, alpha, beta):
 
 
 @inner()
-def dense_backward(dinp, dweight, dbias, dout, inp, weight, bias, out, act, use_blas, need_dinp,
-                   sgd):
+def dense_backward(dinp, dweight, dbias, dout, inp, weight, bias, out, act, need_dinp, sgd):
     """Backward of ``dense_forward``, given dout (B, OC) = dL/d(out) for out = act(z) (B, OC).
 
     dout becomes dL/dz in place (act: the layer's ACT_ code; ACT_IDENTITY leaves it as it is) and
     dbias (OC,) its sum over rows (``delta_and_dbias``); then, when ``need_dinp``, dinp (B, C) =
     dout @ weight^T (the first layer's input needs no gradient), and dweight (C, OC) = inp^T @
-    dout. sgd (1,) = (lr,): plain SGD's step is taken here as well, weight -= lr * inp^T @ dout
-    (in one gemm: dweight is then not written) and bias (OC,) -= lr * dbias; (0,): no step, bias
-    untouched. The loops run over batch rows (the input gradient) and input features (the weight
-    gradient), each sum in order.
+    dout, each one gemm. sgd (1,) = (lr,): plain SGD's step is taken here as well, weight -= lr *
+    inp^T @ dout (in the gemm: dweight is then not written) and bias (OC,) -= lr * dbias; (0,):
+    no step, bias untouched.
     """
-    B, C = inp.shape
     delta_and_dbias(dbias, dout, out, act)
     # dinp first: it takes the weight from before the step
-    if use_blas:
-        if need_dinp:
-            gemm(dinp, dout, weight.T, 1.0, 0.0)
-        if sgd.shape[0] > 0:  # the step in the gemm (dweight not written): at 4096 x 4096, batch
-            # 128, 9.8 ms against 14.6 for the gradient's gemm and then the update (measured)
-            gemm(weight, inp.T, dout, -np.float64(sgd[0]), 1.0)
-        else:
-            gemm(dweight, inp.T, dout, 1.0, 0.0)
-    else:
-        if need_dinp:
-            for b in range(B):
-                _dinp_row(dinp, dout, weight, b)
-        for c in range(C):
-            _dweight_row(dweight, dout, inp, c)
-    if sgd.shape[0] > 0:
-        if not use_blas:
-            for c in range(C):  # row by row: any strides
-                _sgd_step(weight[c], dweight[c], sgd[0])
+    if need_dinp:
+        gemm(dinp, dout, weight.T, 1.0, 0.0)
+    if sgd.shape[0] > 0:  # the step in the gemm (dweight not written): at 4096 x 4096, batch
+        # 128, 9.8 ms against 14.6 for the gradient's gemm and then the update (measured)
+        gemm(weight, inp.T, dout, -np.float64(sgd[0]), 1.0)
         _sgd_step(bias, dbias, sgd[0])
+    else:
+        gemm(dweight, inp.T, dout, 1.0, 0.0)
 
 
 # --------------------------------------------------------------------------- sparse first layer
@@ -891,7 +822,7 @@ def out_act(acts, L, l):
 
 
 @inner()
-def network_forward(act_buf, params, inp, layout, acts, use_blas, first=0):
+def network_forward(act_buf, params, inp, layout, acts, first=0):
     """Forward pass of inp (B, C_0) through layers first..L-1 into act_buf.
 
     act_buf holds each layer's output A_l (B, OC_l) back to back: the hidden ones activated, the
@@ -903,23 +834,21 @@ def network_forward(act_buf, params, inp, layout, acts, use_blas, first=0):
     for l in range(first, L):
         W, bias = layer_views(params, layout, l)
         x = inp if l == 0 else activation_view(act_buf, layout, B, l - 1)
-        dense_forward(activation_view(act_buf, layout, B, l), x, W, bias, out_act(acts, L, l),
-                      use_blas[l])
+        dense_forward(activation_view(act_buf, layout, B, l), x, W, bias, out_act(acts, L, l))
 
 
 @inner()
-def sparse_network_forward(act_buf, params, Xs, index, start, B, layout, acts, use_blas):
+def sparse_network_forward(act_buf, params, Xs, index, start, B, layout, acts):
     """``network_forward`` for the B rows index[start:start + B] of a CSR X (Xs, as for
     ``batch_gradients``): the first layer through ``sparse_forward``, the rest as for dense input."""
     W0, b0 = layer_views(params, layout, 0)
     sparse_forward(activation_view(act_buf, layout, B, 0), Xs[0], Xs[1], Xs[2], index, start, W0,
                    b0, out_act(acts, layout.shape[0], 0))
-    network_forward(act_buf, params, matrix(act_buf[:0], B, 0), layout, acts, use_blas, 1)
+    network_forward(act_buf, params, matrix(act_buf[:0], B, 0), layout, acts, 1)
 
 
 @inner()
-def network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, use_blas, sgd,
-                     last=0):
+def network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, sgd, last=0):
     """Backward pass of layers L-1..last filling grads (P,), laid out like params, for the batch
     inp (B, C_0); with sgd (1,) = (lr,), plain SGD's step taken layer by layer instead (see
     dense_backward: grads then holds the bias gradients and scratch), with (0,) none. Returns
@@ -942,7 +871,7 @@ def network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, use_b
         dinp = matrix(delta_buf[s0:s0 + B * C], B, C)
         x = inp if l == 0 else activation_view(act_buf, layout, B, l - 1)
         dense_backward(dinp, dW, db, dout, x, W, bias, activation_view(act_buf, layout, B, l),
-                       out_act(acts, L, l), use_blas[l], l > 0, sgd)
+                       out_act(acts, L, l), l > 0, sgd)
         dout = dinp
     return dout
 
@@ -1179,8 +1108,7 @@ def _batch_gradients_layers(loss):
     BATCH_LAYERS)."""
     @inner()
     def batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts,
-                               use_blas, inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct,
-                               sgd):
+                               inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct, sgd):
         """``batch_gradients`` through the per-layer kernels (gather, forward, fused loss,
         backward); a sparse X (Xs) goes through the sparse first layer instead of being
         gathered. sgd (1,) = (lr,), dense input only: plain SGD's step is taken in the backward
@@ -1204,9 +1132,9 @@ def _batch_gradients_layers(loss):
             # step 7% (33 of 440 us)
             inp = X[first:first + B]
         if Xs is not None:
-            sparse_network_forward(act_buf, params, Xs, index, start, B, layout, acts, use_blas)
+            sparse_network_forward(act_buf, params, Xs, index, start, B, layout, acts)
         else:
-            network_forward(act_buf, params, inp, layout, acts, use_blas)
+            network_forward(act_buf, params, inp, layout, acts)
         logits = activation_view(act_buf, layout, B, layout.shape[0] - 1)
         correct[0] += count_correct(logits, tgt, loss)
         value = loss_forward_backward(row_loss[:B], logits, tgt, loss)  # logits now hold the delta
@@ -1226,14 +1154,13 @@ def _batch_gradients_layers(loss):
                         logits[b, o] *= f
             if Xs is not None:
                 dout = network_backward(grads, delta_buf, params, inp, act_buf, layout, acts,
-                                        use_blas, sgd[:0], 1)
+                                        sgd[:0], 1)
                 dW0, db0 = layer_views(grads, layout, 0)
                 sparse_backward(dW0, db0, dout, activation_view(act_buf, layout, B, 0),
                                 out_act(acts, layout.shape[0], 0), Xs[0], Xs[1], Xs[2], index,
                                 start)
             else:
-                network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, use_blas,
-                                 sgd)
+                network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, sgd)
         return value
     return batch_gradients_layers
 
@@ -1242,6 +1169,28 @@ def _batch_gradients_layers(loss):
 # linked into both drivers. Numba once inlined it into them instead (inline="always"), which
 # copies its IR block by block: 0.23 s of a cold digits fit (measured: the commit that made this).
 BATCH_LAYERS = tuple(_batch_gradients_layers(c) for c in LOSS_CODES)
+_LAYERS_BCE, _LAYERS_CE, _LAYERS_MSE, _LAYERS_POISSON = BATCH_LAYERS
+
+
+@njit(cache=True, inline="always")
+def _batch_layers(loss, grads, params, X, Xs, Y, SW, index, start, stop, layout, acts, inp_buf,
+                  tgt_buf, act_buf, delta_buf, row_loss, correct, sgd):
+    """BATCH_LAYERS[loss](...) for the drivers, whose loss is a constant: inlined, the other
+    branches are pruned, leaving one direct call. (The drivers cannot hold the kernel itself: a
+    closure's variables key Numba's disk cache, and a dispatcher's pickle differs from process to
+    process, so nothing would be found there; indexed from the global tuple, Numba takes the
+    tuple for first-class functions, an experimental feature.)"""
+    if loss == LOSS_BCE:
+        return _LAYERS_BCE(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts,
+                           inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct, sgd)
+    if loss == LOSS_CE:
+        return _LAYERS_CE(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts, inp_buf,
+                          tgt_buf, act_buf, delta_buf, row_loss, correct, sgd)
+    if loss == LOSS_MSE:
+        return _LAYERS_MSE(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts,
+                           inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct, sgd)
+    return _LAYERS_POISSON(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts, inp_buf,
+                           tgt_buf, act_buf, delta_buf, row_loss, correct, sgd)
 
 
 @njit(cache=True, inline="always")
@@ -1378,11 +1327,9 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
 def _batch_gradients(fused, loss):
     """batch_gradients for networks run by the fused loop (fused True) or by the per-layer
     kernels, for the loss code ``loss`` (see BATCH_GRADIENTS)."""
-    layers = BATCH_LAYERS[loss]
-
     @njit(cache=True)
-    def batch_gradients(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts, use_blas,
-                        l2, inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct):
+    def batch_gradients(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts, l2,
+                        inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct):
         """grads (P,) = the gradient of the mean loss over the rows index[start:stop] of X
         (N, C_0), Y (N, T); returns that mean loss. After a non-finite loss grads are not to be
         used.
@@ -1395,38 +1342,39 @@ def _batch_gradients(fused, loss):
         scikit-learn's alpha penalty, biases excluded: l2[0] * W / (sum of the batch's weights)
         is added to the weight gradients and 0.5 * l2[1] * sum(W^2) / (that sum) to the loss
         (the two differ only where the loss is reported in other units than its gradient);
-        zeros, or None (pruned alike), for none. Per-layer kernels (``fused`` False): use_blas
-        (L,) per-layer flags, the batch gathered into inp_buf / tgt_buf (or read in place when
-        its rows are consecutive), act_buf, delta_buf and row_loss workspaces for at least
-        stop - start rows. The fused loop (``fused`` True): networks too small for BLAS, dense
-        input. correct (1,): the batch's correctly classified rows are added to it (bce and
-        cross-entropy; see count_correct).
+        zeros, or None (pruned alike), for none. Per-layer kernels (``fused`` False): the batch
+        gathered into inp_buf / tgt_buf (or read in place when its rows are consecutive),
+        act_buf, delta_buf and row_loss workspaces for at least stop - start rows. The fused
+        loop (``fused`` True): networks too small for BLAS, dense input. correct (1,): the
+        batch's correctly classified rows are added to it (bce and cross-entropy; see
+        count_correct).
         """
         if fused:
             value = _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout,
                                            acts, loss, act_buf, delta_buf, correct, params[:0])
         else:
-            value = layers(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts,
-                           use_blas, inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct,
-                           params[:0])
+            value = _batch_layers(loss, grads, params, X, Xs, Y, SW, index, start, stop, layout,
+                                  acts, inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct,
+                                  params[:0])
         if l2 is None:
             return value
         return _with_l2(value, grads, params, layout, SW, index, start, stop, l2)
     return batch_gradients
 
 
-def fused_loop(use_blas, Xs):
-    """Whether a network is run by the fused loop: no layer large enough for BLAS, dense input."""
-    return Xs is None and not use_blas.any()
+def fused_loop(blas_sized, Xs):
+    """Whether a network is run by the fused loop: no layer large enough for BLAS (blas_sized
+    False, see Network._blas_sized), dense input."""
+    return Xs is None and not blas_sized
 
 
-def plan(use_blas, Xs, opt, hyper, l2):
+def plan(blas_sized, Xs, opt, hyper, l2):
     """(fused, hyper, l2) for ``TRAIN_EPOCHS``: fused as ``fused_loop``; hyper None for plain SGD
     (no momentum, weight decay or L2, dense input), stepped in the backward pass; l2 None for no
     penalty."""
     plain = (Xs is None and opt == OPT_SGD and hyper[H_MOMENTUM] == 0
              and hyper[H_WEIGHT_DECAY] == 0 and l2[0] == 0)
-    return fused_loop(use_blas, Xs), None if plain else hyper, None if l2[0] == 0 else l2
+    return fused_loop(blas_sized, Xs), None if plain else hyper, None if l2[0] == 0 else l2
 
 
 @inner()
@@ -1441,17 +1389,15 @@ def _with_l2(value, grads, params, layout, SW, index, start, stop, l2):
 def _train_epochs(fused, loss):
     """train_epochs for networks run by the fused loop (fused True) or by the per-layer kernels,
     for the loss code ``loss`` (see TRAIN_EPOCHS)."""
-    layers = BATCH_LAYERS[loss]
-
     @njit(cache=True)
     def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, rng, lrs,
-                     layout, acts, use_blas, batch_size, opt, hyper, l2,
+                     layout, acts, batch_size, opt, hyper, l2,
                      inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct, backup, bound):
         """Minibatch training for E = epoch_loss.shape[0] epochs, all inside compiled code.
 
-        X (M, C_0), Xs, Y (M, T), SW (M,) or (0,), use_blas and l2 as for ``batch_gradients``;
+        X (M, C_0), Xs, Y (M, T), SW (M,) or (0,) and l2 as for ``batch_gradients``;
         hyper None for plain SGD (no momentum, weight decay or L2, dense input), whose step is
-        taken in the backward pass, each BLAS layer's weight by one gemm with no gradient written
+        taken in the backward pass, each layer's weight by one gemm with no gradient written
         out (a separate update pass over a wide layer's weights cost as much as its gradient's
         gemm), XOR-sized networks at the end of the fused loop (the optimiser's calls cost them
         15%); ``plan`` makes these choices. order (E or 1, N) holds each epoch's sample order
@@ -1533,9 +1479,9 @@ def _train_epochs(fused, loss):
                                                    layout, acts, loss, act_buf, delta_buf, correct,
                                                    sgd)
                 else:
-                    value = layers(grads, params, X, Xs, Y, SW, index, start, stop, layout,
-                                   acts, use_blas, inp_buf, tgt_buf, act_buf, delta_buf,
-                                   row_loss, correct, sgd)
+                    value = _batch_layers(loss, grads, params, X, Xs, Y, SW, index, start, stop,
+                                          layout, acts, inp_buf, tgt_buf, act_buf, delta_buf,
+                                          row_loss, correct, sgd)
                 if l2 is not None:
                     value = _with_l2(value, grads, params, layout, SW, index, start, stop, l2)
                 if not np.isfinite(value):
@@ -1574,8 +1520,7 @@ TRAIN_EPOCHS = tuple(tuple(_train_epochs(f, c) for c in LOSS_CODES) for f in (Fa
 def _evaluate(loss):
     """evaluate for the loss code ``loss`` (see EVALUATE)."""
     @njit(cache=True)
-    def evaluate(out, row_loss, params, X, Xs, index, Y, layout, acts, use_blas, act_buf,
-                 with_loss):
+    def evaluate(out, row_loss, params, X, Xs, index, Y, layout, acts, act_buf, with_loss):
         """Forward X (N, C_0) in chunks of row_loss.shape[0] rows.
 
         Writes the output activation (probabilities, or the identity output for mse) into out
@@ -1590,10 +1535,9 @@ def _evaluate(loss):
         for start in range(0, N, chunk):
             B = min2(chunk, N - start)
             if Xs is not None:
-                sparse_network_forward(act_buf, params, Xs, index, start, B, layout, acts,
-                                       use_blas)
+                sparse_network_forward(act_buf, params, Xs, index, start, B, layout, acts)
             else:
-                network_forward(act_buf, params, X[start:start + B], layout, acts, use_blas)
+                network_forward(act_buf, params, X[start:start + B], layout, acts)
             logits = activation_view(act_buf, layout, B, L - 1)
             if with_loss:
                 total += loss_forward(row_loss[:B], logits, Y[start:start + B], loss) * B

@@ -96,8 +96,7 @@ class Engine:
     def __init__(self, net, data, state, l2, reducer=None):
         self.net, self.data, self.state, self.reducer = net, data, state, reducer
         rows = data.rows_per_step
-        self.use_blas = net._use_blas(rows)
-        self.blas = bool(self.use_blas.any())
+        self.blas = net._blas_sized(rows)
         self.work_per_call = WORK_PER_CALL * (BLAS_WORK_FACTOR if self.blas else 1)
         work = epoch_work(data.n, data.batch, net.n_params)
         # whole epochs a first compiled call takes on, and whether an epoch is long enough to be
@@ -115,7 +114,7 @@ class Engine:
         self.l2 = np.array(l2, dtype=np.float64)
         self.hyper = state.optimizer.hyper(net.dtype)
         # the compiled functions and None-or-array arguments that pick this run's paths
-        fused, self._hyper, self._l2 = K.plan(self.use_blas, data.Xs, state.optimizer.code,
+        fused, self._hyper, self._l2 = K.plan(self.blas, data.Xs, state.optimizer.code,
                                               self.hyper, self.l2)
         # _kernels.bounded_step's workspace, for epochs of one batch with plain SGD through the
         # per-layer kernels; None elsewhere, so other runs never compile the bounds (0.5 s of a
@@ -183,7 +182,7 @@ class Engine:
         undone, rng included), as sequences: lists for a short call."""
         d, opt, net = self.data, self.state.optimizer, self.net
         if self._fixed is None:  # made once: a 1-epoch fit is short
-            self._fixed = (net._layout, net._acts, self.use_blas, d.batch,
+            self._fixed = (net._layout, net._acts, d.batch,
                            opt.code, self._hyper, self._l2, *self.ws, self._backup(), self.bound)
         losses = np.zeros((len(lrs), 2))
         step = self._step
@@ -257,7 +256,7 @@ class Engine:
         step = np.array([opt.step], dtype=np.int64)
         done = self._train(self.net._params, opt.state, step, self.grads, total, X, Xs, Y, SW,
                            np.ascontiguousarray(index)[None, :], self.no_rng, lrs,
-                           self.net._layout, self.net._acts, self.use_blas, d.batch, opt.code,
+                           self.net._layout, self.net._acts, d.batch, opt.code,
                            self._hyper, self._l2, *self.ws, self.no_backup, self.bound)
         opt.step = int(step[0])
         return bool(done)
@@ -294,8 +293,7 @@ class Engine:
         correct = self.ws[-1]
         correct[0] = 0
         value = self._gradients(self.grads, self.net._params, X, Xs, Y, SW, index, start, stop,
-                                self.net._layout, self.net._acts, self.use_blas, None,
-                                *self.ws)
+                                self.net._layout, self.net._acts, None, *self.ws)
         np.multiply(self.grads, weight, out=buf[:P])
         buf[P], buf[P + 1], buf[P + 2], buf[P + 3] = value * weight, weight, b, correct[0]
 
@@ -338,21 +336,21 @@ class FullBatch:
         else:
             self.X, self.Xs = X, None  # dense: see _kernels.batch_gradients
         self.index = np.arange(n, dtype=np.int64)
-        self.use_blas = net._use_blas(n)
-        self.gradients = K.BATCH_GRADIENTS[K.fused_loop(self.use_blas, self.Xs)][net._loss.code]
+        self.blas = net._blas_sized(n)
+        self.gradients = K.BATCH_GRADIENTS[K.fused_loop(self.blas, self.Xs)][net._loss.code]
         self.ws = workspaces(net, n, Y.shape[1])
         self.grads = np.empty_like(net._params)
 
     def threads(self):
-        return _threads.compute(self.use_blas.any())
+        return _threads.compute(self.blas)
 
     def __call__(self):
         """(mean loss, gradient (P,)) at the network's parameters now; the gradient is not
         computed when the loss is not finite."""
         net = self.net
         value = self.gradients(self.grads, net._params, self.X, self.Xs, self.Y, self.SW,
-                               self.index, 0, self.index.shape[0], net._layout, net._acts,
-                               self.use_blas, None, *self.ws)
+                               self.index, 0, self.index.shape[0], net._layout, net._acts, None,
+                               *self.ws)
         return value, self.grads
 
 

@@ -10,10 +10,12 @@ from .activations import ACTIVATIONS
 from .engine import FullBatch, kept_nbytes, workspaces
 from .losses import LOSSES
 
-# A dense layer with B * C * OC at least this goes through BLAS gemm; smaller ones run the
-# explicit loops. Measured here (float32, forward + backward): loops 1.2 us vs gemm 1.4 us at
-# 4 x 2 x 4 (XOR), but gemm 5x faster from 32 x 64 x 10 up. Chosen from the shapes alone, never
-# from the thread count, so the choice cannot change results between thread settings.
+# A network with a dense layer of B * C * OC at least this, for batches of B rows, is trained
+# through the per-layer kernels, every dense layer one BLAS gemm (and the threads go to BLAS, see
+# _threads); smaller networks (XOR-sized) through the fused loop. Measured here (float32, forward
+# + backward): loops 1.2 us vs gemm 1.4 us at 4 x 2 x 4 (XOR), but gemm 5x faster from
+# 32 x 64 x 10 up. Chosen from the shapes alone, never from the thread count, so the choice cannot
+# change results between thread settings.
 BLAS_MIN_WORK = 1 << 12
 
 # Rows per chunk for predict/loss.
@@ -187,8 +189,9 @@ class Network:
         Y, one_d = check.targets(y, X.shape[0], self._loss.targets, self.sizes[-1], self.dtype)
         return X, Y, one_d
 
-    def _use_blas(self, rows):
-        return np.array([rows * c * oc >= BLAS_MIN_WORK for c, oc, _, _ in self._layout])
+    def _blas_sized(self, rows):
+        """Whether some dense layer is large enough for BLAS at batches of ``rows`` rows."""
+        return any(rows * c * oc >= BLAS_MIN_WORK for c, oc, _, _ in self._layout)
 
     # ------------------------------------------------------------------ training
 
@@ -231,15 +234,14 @@ class Network:
         rows = min(n, EVAL_CHUNK)
         _, _, act_buf, _, row_loss, _ = workspaces(self, rows, 0)
         out = np.empty((n, self.sizes[-1]), self.dtype)
-        use_blas = self._use_blas(rows)
         if isinstance(X, check.Sparse):
             Xd, Xs, index = np.empty((0, X.shape[1]), self.dtype), X[1:], np.arange(n)
         else:
             Xd, Xs, index = X, None, np.empty(0, np.int64)
-        with _threads.compute(use_blas.any()):
+        with _threads.compute(self._blas_sized(rows)):
             value = K.EVALUATE[self._loss.code](out, row_loss, self._params, Xd, Xs, index,
                                                 out if Y is None else Y, self._layout, self._acts,
-                                                use_blas, act_buf, Y is not None)
+                                                act_buf, Y is not None)
         if check_finite and not (np.isfinite(value) and K.all_finite(out.reshape(-1))):
             big = float(np.abs(X.data if isinstance(X, check.Sparse) else X).max())
             raise ValueError(
@@ -336,13 +338,12 @@ class Network:
         n = X.shape[0]
         _, _, act_buf, delta_buf, _, _ = workspaces(self, n, 0)
         grads = np.empty_like(self._params)
-        use_blas = self._use_blas(n)
-        with _threads.compute(use_blas.any()):
-            K.network_forward(act_buf, self._params, X, self._layout, self._acts, use_blas)
+        with _threads.compute(self._blas_sized(n)):
+            K.network_forward(act_buf, self._params, X, self._layout, self._acts)
             logits = K.activation_view(act_buf, self._layout, n, len(self._layout) - 1)
             K.loss_backward(logits, logits, Y, self._loss.code)
             K.network_backward(grads, delta_buf, self._params, X, act_buf,
-                               self._layout, self._acts, use_blas, self._params[:0])
+                               self._layout, self._acts, self._params[:0])
         views = self._views(grads)
         return [W for W, _ in views], [b for _, b in views]
 

@@ -67,7 +67,7 @@ KERNEL_CALLER = textwrap.dedent("""
     ws = (np.empty(33), np.empty(22), np.empty(77), np.empty(110), np.empty(11), np.zeros(1))
     v = K.BATCH_GRADIENTS[False][K.LOSS_MSE](grads, params, X, None, Y, np.empty(0),
                                              np.arange(11), 0, 11, layout, np.array([3]),
-                                             np.array([True, True]), np.zeros(2), *ws)
+                                             np.zeros(2), *ws)
     assert np.isfinite(v)
     print("ok")
 """)

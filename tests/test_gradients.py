@@ -24,8 +24,8 @@ def network(act, loss, shape="loops", dtype=np.float64, seed=3):
 def test_blas_shape_uses_blas_and_small_shape_does_not():
     small, _, _ = network("relu", "mse", "loops")
     large, _, _ = network("relu", "mse", "blas")
-    assert not small._use_blas(SHAPES["loops"][1]).any()
-    assert large._use_blas(SHAPES["blas"][1])[:2].all()
+    assert not small._blas_sized(SHAPES["loops"][1])
+    assert large._blas_sized(SHAPES["blas"][1])
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))

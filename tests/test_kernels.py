@@ -48,27 +48,25 @@ def central_difference(f, x, eps=1e-6):
 
 
 @pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("use_blas", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_dense_forward_matches_reference(dtype, use_blas, size):
+def test_dense_forward_matches_reference(dtype, size):
     B, C, OC = SHAPES[size]
     inp, W, b = rand((B, C), dtype, 1), rand((C, OC), dtype, 2), rand(OC, dtype, 3)
     out = np.empty((B, OC), dtype)
-    K.dense_forward(out, inp, W, b, K.ACT_IDENTITY, use_blas)
+    K.dense_forward(out, inp, W, b, K.ACT_IDENTITY)
     expected = inp.astype(np.float64) @ W.astype(np.float64) + b
     assert out.dtype == dtype
     assert rel_err(out, expected) < TOL[dtype]
 
 
 @pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("use_blas", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_dense_backward_matches_reference(dtype, use_blas, size):
+def test_dense_backward_matches_reference(dtype, size):
     B, C, OC = SHAPES[size]
     inp, W, dout = rand((B, C), dtype, 1), rand((C, OC), dtype, 2), rand((B, OC), dtype, 4)
     dinp, dW, db = np.empty((B, C), dtype), np.empty((C, OC), dtype), np.empty(OC, dtype)
-    K.dense_backward(dinp, dW, db, dout, inp, W, np.empty(OC, dtype), dout, K.ACT_IDENTITY,
-                     use_blas, True, W[:0, 0])
+    K.dense_backward(dinp, dW, db, dout, inp, W, np.empty(OC, dtype), dout, K.ACT_IDENTITY, True,
+                     W[:0, 0])
     i64, W64, d64 = (a.astype(np.float64) for a in (inp, W, dout))
     assert rel_err(dW, i64.T @ d64) < TOL[dtype]
     assert rel_err(db, d64.sum(axis=0)) < TOL[dtype]
@@ -79,36 +77,34 @@ def test_dense_backward_skips_input_gradient_when_not_needed():
     inp, W, dout = rand((B, C), np.float64, 1), rand((C, OC), np.float64, 2), rand((B, OC), np.float64, 4)
     dinp = np.full((B, C), 7.0)
     K.dense_backward(dinp, np.empty((C, OC)), np.empty(OC), dout, inp, W, np.empty(OC), dout,
-                     K.ACT_IDENTITY, False, False, np.empty(0))
+                     K.ACT_IDENTITY, False, np.empty(0))
     assert (dinp == 7.0).all()
 
 
 @pytest.mark.parametrize("act", ["identity"] + list(ACTIVATIONS))
-@pytest.mark.parametrize("use_blas", [False, True])
-def test_dense_backward_matches_finite_differences(use_blas, act):
+def test_dense_backward_matches_finite_differences(act):
     code = K.ACT_IDENTITY if act == "identity" else ACT_TABLE[act].code
     inp, W, b = rand((B, C), np.float64, 1), rand((C, OC), np.float64, 2), rand(OC, np.float64, 3)
     R = rand((B, OC), np.float64, 5)  # f = sum(R * out), so dL/dout = R
     out = np.empty((B, OC))
 
     def f():
-        K.dense_forward(out, inp, W, b, code, use_blas)
+        K.dense_forward(out, inp, W, b, code)
         return float((R * out).sum())
 
     f()
     dinp, dW, db = np.empty((B, C)), np.empty((C, OC)), np.empty(OC)
     dout = R.copy()
-    K.dense_backward(dinp, dW, db, dout, inp, W, b, out, code, use_blas, True, np.empty(0))
+    K.dense_backward(dinp, dW, db, dout, inp, W, b, out, code, True, np.empty(0))
     for analytic, x in ((dW, W), (db, b), (dinp, inp)):
         assert rel_err(analytic, central_difference(f, x)) < 1e-6
 
 
 @pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("use_blas", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_dense_backward_with_sgd_step_matches_gradient_then_update(dtype, use_blas, size):
+def test_dense_backward_with_sgd_step_matches_gradient_then_update(dtype, size):
     """sgd (1,) = (lr,): the layer takes plain SGD's step in its backward (the weight's in one
-    gemm with alpha -lr, beta 1, on the BLAS path): W - lr dW and b - lr db as the reference
+    gemm with alpha -lr, beta 1): W - lr dW and b - lr db as the reference
     computes them, dinp and dbias from the weights before the step."""
     B, C, OC = SHAPES[size]
     inp, W, b, dout = (rand((B, C), dtype, 1), rand((C, OC), dtype, 2), rand(OC, dtype, 3),
@@ -117,7 +113,7 @@ def test_dense_backward_with_sgd_step_matches_gradient_then_update(dtype, use_bl
     lr = 0.05
     dinp, dW, db = np.empty((B, C), dtype), np.empty((C, OC), dtype), np.empty(OC, dtype)
     W_new, b_new, d = W.copy(), b.copy(), dout.copy()
-    K.dense_backward(dinp, dW, db, d, inp, W_new, b_new, out, K.ACT_TANH, use_blas, True,
+    K.dense_backward(dinp, dW, db, d, inp, W_new, b_new, out, K.ACT_TANH, True,
                      np.array([lr], dtype))
     i64, W64, o64 = (a.astype(np.float64) for a in (inp, W, out))
     dz = dout.astype(np.float64) * (1 - o64 ** 2)
@@ -137,31 +133,30 @@ def test_sgd_step_on_strided_arrays_matches_the_contiguous_one(dtype):
     W_c, inp_c = np.ascontiguousarray(W), np.ascontiguousarray(inp)
     for weight, x in ((W, inp), (W_c, inp_c)):
         K.dense_backward(np.empty((B, C), dtype), np.empty((C, OC), dtype), np.empty(OC, dtype),
-                         dout.copy(), x, weight, np.zeros(OC, dtype), dout, K.ACT_IDENTITY, True,
+                         dout.copy(), x, weight, np.zeros(OC, dtype), dout, K.ACT_IDENTITY,
                          False, np.array([0.1], dtype))
     assert rel_err(W, W_c) < TOL[dtype]
 
 
 @pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("use_blas", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("act", ACTIVATIONS)
-def test_dense_with_activation_matches_reference(act, dtype, use_blas, size):
+def test_dense_with_activation_matches_reference(act, dtype, size):
     """The fused passes: bias + activation after the gemm, and the activation's derivative taken
     in the pass that sums dbias, against the unfused NumPy maths."""
     B, C, OC = SHAPES[size]
     code = ACT_TABLE[act].code
     inp, W, b = rand((B, C), dtype, 1), rand((C, OC), dtype, 2) * 3, rand(OC, dtype, 3)
     out, z = np.empty((B, OC), dtype), np.empty((B, OC), dtype)
-    K.dense_forward(out, inp, W, b, code, use_blas)
-    K.dense_forward(z, inp, W, b, K.ACT_IDENTITY, use_blas)  # the same gemm, not activated
+    K.dense_forward(out, inp, W, b, code)
+    K.dense_forward(z, inp, W, b, K.ACT_IDENTITY)  # the same gemm, not activated
     z = z.astype(np.float64)
     assert rel_err(out, ref.activate(act, z)) < TOL[dtype]
     da = rand((B, OC), dtype, 4)
     dz = da.astype(np.float64) * ref.activation_grad(act, z)
     dinp, dW, db = np.empty((B, C), dtype), np.empty((C, OC), dtype), np.empty(OC, dtype)
     dout = da.copy()
-    K.dense_backward(dinp, dW, db, dout, inp, W, b, out, code, use_blas, True, b[:0])
+    K.dense_backward(dinp, dW, db, dout, inp, W, b, out, code, True, b[:0])
     # float32: the derivative comes from the rounded output, as in test_activation_backward
     tol = TOL[dtype] if dtype == np.float64 else 2e-5
     assert rel_err(dout, dz) < tol

@@ -82,7 +82,7 @@ def test_plain_sgd_matches_reference_trajectory(sizes, blas, shuffle):
     X, y = make_data("cross_entropy", 150, sizes[0], sizes[-1], seed=6)
     kw = dict(epochs=4, lr=0.1, batch_size=32, shuffle=shuffle)
     net = fastbp.Network(sizes, activation="tanh", seed=3, dtype=np.float64)
-    assert net._use_blas(32).all() if blas else not net._use_blas(32).any()
+    assert net._blas_sized(32) == blas
     mlp = ref.MLP(sizes, activation="tanh", loss="cross_entropy", seed=3, dtype=np.float64)
     hist = net.fit(X, y, **kw)
     ref_hist = mlp.fit(X, y, **kw)
@@ -331,18 +331,17 @@ def test_fused_small_loop_matches_the_per_layer_kernels(loss, act, dtype, weight
     net = fastbp.Network(sizes, activation=act, loss=loss, seed=6, dtype=dtype)
     sw = np.random.default_rng(3).uniform(0.1, 3.0, 11) if weighted else None
     data = TrainData(net, X, y, Config(dict(batch_size=4, sample_weight=sw)))
-    use_blas = net._use_blas(data.batch)
-    assert K.fused_loop(use_blas, data.Xs)
+    assert K.fused_loop(net._blas_sized(data.batch), data.Xs)
     ws = workspaces(net, data.batch, data.Y.shape[1])
     index = np.random.default_rng(1).permutation(11)
     fused, layers = np.empty_like(net._params), np.empty_like(net._params)
     for start, stop in ((0, 4), (4, 8), (8, 11)):
         v_fused = K.BATCH_GRADIENTS[True][net._loss.code](
             fused, net._params, data.X, data.Xs, data.Y, data.SW, index, start, stop, net._layout,
-            net._acts, use_blas, None, *ws)
+            net._acts, None, *ws)
         v_layers = K.BATCH_LAYERS[net._loss.code](
             layers, net._params, data.X, data.Xs, data.Y, data.SW, index, start, stop,
-            net._layout, net._acts, use_blas, *ws, net._params[:0])
+            net._layout, net._acts, *ws, net._params[:0])
         tol = 1e-12 if dtype == np.float64 else 1e-5
         assert rel_err(v_fused, v_layers) < tol
         assert rel_err(fused, layers) < tol

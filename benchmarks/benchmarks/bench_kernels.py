@@ -49,10 +49,9 @@ class Kernels:
         P = fastbp.Network(w.sizes, dtype=dt).n_params
         self.params, self.grads = np.zeros(P, dt), rng.standard_normal(P).astype(dt)
         self.velocity = np.zeros(P, dt)
-        self.use_blas = B * C * OC >= fastbp.network.BLAS_MIN_WORK
         self._threads = contextlib.ExitStack()
         if impl == "fastbp":
-            self._threads.enter_context(_threads.compute(self.use_blas))
+            self._threads.enter_context(_threads.compute(True))  # both layers are BLAS-sized
         for name in ("time_dense_forward", "time_dense_backward", "time_loss_output_delta",
                      "time_sgd_update"):
             getattr(self, name)(impl, workload)  # compile outside the timing
@@ -64,14 +63,14 @@ class Kernels:
         if impl == "numpy":
             self.inp @ self.W + self.b
         else:
-            K.dense_forward(self.out, self.inp, self.W, self.b, K.ACT_IDENTITY, self.use_blas)
+            K.dense_forward(self.out, self.inp, self.W, self.b, K.ACT_IDENTITY)
 
     def time_dense_backward(self, impl, workload):
         if impl == "numpy":
             self.inp.T @ self.dout, self.dout.sum(axis=0), self.dout @ self.W.T
         else:
             K.dense_backward(self.dinp, self.dW, self.db, self.dout, self.inp, self.W, self.b,
-                             self.dout, K.ACT_IDENTITY, self.use_blas, True, self.b[:0])
+                             self.dout, K.ACT_IDENTITY, True, self.b[:0])
 
     def time_loss_output_delta(self, impl, workload):
         if impl == "numpy":
