@@ -414,6 +414,13 @@ def epoch_time(trainer, repeats, min_call=0.05):
     return t / epochs
 
 
+def is_tie(pct_matmul, ratio):
+    """Whether a grid point below 1.0x is a tie: a BLAS-bound point, where every implementation
+    runs at 95% of the matmul rate or more (pct_matmul: implementation -> %), and fastbp within 3%
+    of the fastest peer (ratio >= 0.97), the rule fastbp is held to."""
+    return bool(min(pct_matmul.values()) >= 95 and 0.97 <= ratio < 1)
+
+
 def run_grid(impls, quick, progress, names=None):
     """Every implementation at every grid point; per point the seconds per epoch of each, the
     fastest peer, and fastbp's ratio to it (peer time / fastbp time)."""
@@ -439,6 +446,7 @@ def run_grid(impls, quick, progress, names=None):
         flops = wl.training_flops(name, len(X))
         row["pct_matmul"] = {i: 100 * flops / s / 1e9 / report["matmul_gflops"][dt]
                              for i, s in t.items()}
+        row["tie"] = is_tie(row["pct_matmul"], row["ratio"])
         report["grid"].append(row)
     if progress:
         print("\r" + " " * 50 + "\r", end="", file=sys.stderr, flush=True)
@@ -459,11 +467,14 @@ def print_grid(report, out=sys.stdout):
         net = f"{r['what'].split(': ', 1)[1]}"
         print(f"  {r['point']:5s} {net:34s} "
               + " ".join(f"{r['seconds_per_epoch'][i] * 1e3:8.3f}" for i in impls)
-              + f" {r['fastest_peer']:>8s} {r['ratio']:6.2f} {r['pct_matmul']['fastbp']:5.1f}",
-              file=out)
+              + f" {r['fastest_peer']:>8s} {r['ratio']:6.2f}{'=' if r.get('tie') else ' '}"
+              + f"{r['pct_matmul']['fastbp']:5.1f}", file=out)
+    below = [f"{r['point']} {r['ratio']:.2f}" for r in rows if r["ratio"] < 1 and not r.get("tie")]
     print(f"\n  geometric mean of the ratios: {report['geomean']:.3f} over {len(rows)} points; "
           f"lowest {min(r['ratio'] for r in rows):.2f} ({min(rows, key=lambda r: r['ratio'])['point']})",
           file=out)
+    print(f"  below 1.0: {', '.join(below) or 'none'} (=: a tie, every implementation at 95% of "
+          "the matmul rate or more and fastbp within 3%)", file=out)
 
 
 # ----------------------------------------------------------------- MPI scaling
