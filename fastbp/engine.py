@@ -357,7 +357,7 @@ class FullBatch:
 def precompile(dtypes=check.FLOAT_DTYPES):
     """Compile (or load from Numba's disk cache) every kernel fastbp calls, for each dtype, so
     that the first real fit starts at once: ``fastbp.precompile()``, or ``python -m fastbp
-    --precompile`` after installing. Every path and loss: about 2 minutes a dtype on 2 cores (each
+    --precompile`` after installing. Every path and loss: 1.5-2 minutes a dtype on 2 cores (each
     fit compiles only its own, see _kernels.TRAIN_EPOCHS). dtypes: one dtype, or several
     (float32, float64; names, types or dtypes), all checked before anything compiles. Returns the
     seconds each dtype took, by name."""
