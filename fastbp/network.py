@@ -191,7 +191,7 @@ class Network:
 
     def _blas_sized(self, rows):
         """Whether some dense layer is large enough for BLAS at batches of ``rows`` rows."""
-        return any(rows * c * oc >= BLAS_MIN_WORK for c, oc, _, _ in self._layout)
+        return bool(any(rows * c * oc >= BLAS_MIN_WORK for c, oc, _, _ in self._layout))
 
     # ------------------------------------------------------------------ training
 
