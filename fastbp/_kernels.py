@@ -18,9 +18,10 @@ the rows classified right).
 Threads: only kernels that can run with more than one Numba thread are ``parallel=True``: the
 sparse first layer (a network of small layers on sparse input stays out of the BLAS split, so
 Numba has the threads, see ``_threads.py``: its dense layers' gemms, below 4096 multiply-adds,
-are far too small for OpenBLAS to start its own) and the activation passes as standalone kernels. Dense training
-runs its per-layer kernels inside the BLAS split, with one Numba thread, so they are serial:
-compiled parallel they ran no faster and cost 3.5 s of a first fit's 17 (measured).
+are far too small for OpenBLAS to start its own) and the activation passes as standalone
+kernels. Dense training runs its per-layer kernels inside the BLAS split, with one Numba thread,
+so they are serial: compiled parallel they ran no faster and cost 3.5 s of a first fit's 17
+(measured).
 
 Compiling: the kernels that only compiled code calls are ``@inner`` (``_jit.py``: no Numba
 wrappers, and no optimisation or machine code of their own, which their callers make with them
