@@ -61,11 +61,61 @@ def test_callers_run_the_linked_kernels_and_python_runs_their_twins():
         assert cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name) == 0
     (cres,) = _summed.overloads.values()
     assert not isinstance(cres.library, _jit._LinkedLibrary)  # its own O3 and machine code
+    # the prange loop's body and its two wrappers: linked only too (the outer wrapper links the
+    # inner one, which links the body)
+    (cres,) = _scaled.overloads.values()
+    names = {}
+    todo = list(cres.library._linking_libraries)
+    while todo:
+        lib = todo.pop()
+        names[lib.name.split(" ")[0].split("_0x")[0]] = type(lib)
+        todo += lib._linking_libraries
+    assert names == {"parallelgufuncwrapper": _jit._LinkedWrapperLibrary,
+                     "<numba.np.ufunc.wrappers._GufuncWrapper": _jit._LinkedWrapperLibrary,
+                     "__numba_parfor_gufunc": _jit._LinkedLibrary,
+                     "nrt": _jit.JITCodeLibrary}
     # from Python: the twins, same results
     z = np.ones(5)
     _axpy(z, 2.0, x)
     np.testing.assert_array_equal(z, y)
     assert _checked(3) == 6 and _summed(x) == x.sum()
+
+
+@njit(parallel=True)
+def _ordinary_scaled(out, x, a):
+    for i in prange(x.shape[0]):
+        out[i] = a * x[i]
+
+
+def test_prange_loops_outside_inner_kernels_get_ordinary_libraries():
+    x = np.arange(6.0)
+    out = np.empty(6)
+    _ordinary_scaled(out, x, 3.0)
+    np.testing.assert_array_equal(out, 3 * x)
+    (cres,) = _ordinary_scaled.overloads.values()
+    assert not any(isinstance(lib, _jit._LinkedLibrary)
+                   for lib in cres.library._linking_libraries)
+
+
+_SPARSE_FIT = """
+import hashlib, numpy as np, scipy.sparse as sp, fastbp
+rng = np.random.default_rng(0)
+X = sp.random(40, 30, density=0.2, random_state=1, format="csr")
+net = fastbp.Network([30, 64, 3], seed=0)
+net.fit(X, rng.integers(0, 3, 40), epochs=2, batch_size=16)
+print(hashlib.sha256(net._params.tobytes()).hexdigest())
+"""
+
+
+def test_a_fit_through_prange_loops_runs_from_a_warm_cache_with_the_same_bits(tmp_path):
+    """The sparse first layer's kernels are inner kernels with prange loops: the drivers that link
+    them are cached with the loops' code inside, so a second process compiles nothing."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "nc"))
+    cold, warm = [subprocess.run([sys.executable, "-c", _SPARSE_FIT], capture_output=True,
+                                 text=True, timeout=600, env=env) for _ in range(2)]
+    assert cold.returncode == 0 and warm.returncode == 0, (cold.stderr + warm.stderr)[-2000:]
+    assert "compiling the kernels" in cold.stderr and "compiling" not in warm.stderr
+    assert cold.stdout == warm.stdout
 
 
 def test_an_exception_raised_in_a_linked_kernel_reaches_python():
