@@ -97,27 +97,6 @@ def test_prange_loops_outside_inner_kernels_get_ordinary_libraries():
                    for lib in cres.library._linking_libraries)
 
 
-_SPARSE_FIT = """
-import hashlib, numpy as np, scipy.sparse as sp, fastbp
-rng = np.random.default_rng(0)
-X = sp.random(40, 30, density=0.2, random_state=1, format="csr")
-net = fastbp.Network([30, 64, 3], seed=0)
-net.fit(X, rng.integers(0, 3, 40), epochs=2, batch_size=16)
-print(hashlib.sha256(net._params.tobytes()).hexdigest())
-"""
-
-
-def test_a_fit_through_prange_loops_runs_from_a_warm_cache_with_the_same_bits(tmp_path):
-    """The sparse first layer's kernels are inner kernels with prange loops: the drivers that link
-    them are cached with the loops' code inside, so a second process compiles nothing."""
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "nc"))
-    cold, warm = [subprocess.run([sys.executable, "-c", _SPARSE_FIT], capture_output=True,
-                                 text=True, timeout=600, env=env) for _ in range(2)]
-    assert cold.returncode == 0 and warm.returncode == 0, (cold.stderr + warm.stderr)[-2000:]
-    assert "compiling the kernels" in cold.stderr and "compiling" not in warm.stderr
-    assert cold.stdout == warm.stdout
-
-
 def test_an_exception_raised_in_a_linked_kernel_reaches_python():
     with pytest.raises(ValueError, match="n must be >= 0"):
         _driver(np.ones(3), 1.0, np.ones(3), -1)
