@@ -104,6 +104,33 @@ def test_mse_targets_must_match_the_outputs():
         net.fit(GOOD_X, np.ones(12))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("where", [0, 4095, 4096, 4097, -1])  # the check counts 4096 at a time
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_value_anywhere_in_X_is_found(dtype, where, bad):
+    from fastbp import _validate
+    X = np.ones((300, 32), dtype=dtype)  # 9600 values: three blocks of the count
+    X.reshape(-1)[where] = bad
+    with pytest.raises(ValueError, match="X contains NaN or infinity"):
+        _validate.features(X, 32, dtype)
+    X.reshape(-1)[where] = 1
+    assert _validate.features(X, 32, dtype) is X  # finite, right dtype and layout: no copy
+
+
+def test_checking_X_allocates_nothing_the_size_of_X():
+    import tracemalloc
+    from fastbp import _validate
+    X = np.ones((4096, 256), dtype=np.float32)
+    _validate.features(X, 256, np.float32)  # compiled or loaded before the measured call
+    tracemalloc.start()
+    try:
+        _validate.features(X, 256, np.float32)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < X.size // 16  # np.isfinite(X).all() held one byte per value
+
+
 def test_float32_overflow_in_X_is_refused():
     net = fastbp.Network([4, 5, 3], dtype=np.float32)
     with pytest.raises(ValueError, match="too large for float32"):
