@@ -4,9 +4,9 @@ Trains the workloads W1, W2, W3 (``fastbp.workloads``) with fastbp, the lean Num
 (``fastbp.baseline``: preallocated buffers, ufuncs with ``out=``), and, when they are importable,
 PyTorch (``torch.nn.Linear`` + ``torch.optim.SGD``), JAX (the whole epoch in one ``jax.jit`` as a
 ``lax.scan`` over the minibatches; a full-batch run such as W1 as one ``lax.fori_loop``) and
-scikit-learn (``MLPClassifier``/``MLPRegressor``, ``solver="sgd"``), one after another in this
-process, each after a warm-up, and reports the median of the repeats (W1, whose calls take
-milliseconds: of at least a second of calls, see ``median_time``). ``--grid`` does the same over
+scikit-learn (``MLPClassifier``/``MLPRegressor``, ``solver="sgd"``) in this process, each after a
+warm-up, their timed calls in turn (``interleaved_times``), and reports the median of the repeats
+(W1, whose calls take milliseconds: of at least a second of calls). ``--grid`` does the same over
 the ~30 points of ``workloads.GRID`` and prints fastbp's ratio to the fastest peer at each point
 and the geometric mean. The
 machine's float32 (and float64) matmul rate, NumPy ``a @ b`` at 4096 x 4096, is measured in the same
@@ -186,28 +186,69 @@ def available(impl):
 # ----------------------------------------------------------------- measurements
 
 
+# Seconds to wait before a call that follows another implementation's: their thread pools (two
+# OpenBLAS builds, PyTorch's OpenMP, XLA's) spin for a while after each call, and a call made while
+# another pool spins ran up to 1.7x slower; waits of 0.1 and 0.3 s gave the same times (measured).
+GAP_S = 0.1
+
+
+def interleaved_times(calls, repeats, min_seconds=0.0, gap=GAP_S):
+    """Per name of ``calls`` (name -> fn): the median seconds of fn() and the times. The fns are
+    called in turn, a round at a time, the order reversed every round, each until it has been
+    called at least ``repeats`` times and its calls add up to ``min_seconds`` (later rounds leave
+    it out), ``gap`` seconds passing before a call that follows another fn's. After that pause,
+    a fn whose calls take less than the gap is called once untimed first: fastbp's first call of
+    200 XOR epochs after a 0.1 s pause took 3.4x as long as the next (365 against 110 us, medians
+    of 15, measured: the core's clock and caches waking).
+
+    The machine's speed moves in spells of a tenth of a second (fastbp's W1 epoch 0.36-0.37 us or
+    0.56-0.63 us) to tens of seconds (its two cores sharing a cache or not: a cache line's round
+    trip between them 50-120 ns or 325-335 ns, and a 4096 x 64 x 64 weight-gradient gemm on both
+    254-287 us or 486-520 us, measured seconds apart). Implementations timed one after another
+    can each land in a different spell; timed in turn, each gets the median of the same spread.
+    Calls over a second in all (W1's, of milliseconds) spread each over several spells."""
+    times = {name: [] for name in calls}
+    order, last = list(calls), None
+    while True:
+        due = [n for n in order if len(times[n]) < repeats or sum(times[n]) < min_seconds]
+        if not due:
+            return {name: (statistics.median(t), t) for name, t in times.items()}
+        for name in due:
+            if last not in (None, name):
+                time.sleep(gap)
+                if times[name] and times[name][-1] < gap:
+                    calls[name]()  # untimed: see above
+            t0 = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - t0)
+            last = name
+        order.reverse()
+
+
 def median_time(fn, repeats, min_seconds=0.0):
     """The median seconds of fn() over at least ``repeats`` calls, and more until the calls add up
-    to ``min_seconds``; and the times. A call of a few milliseconds (W1: 1000 XOR epochs) timed 7
-    times samples one moment of a shared machine, whose speed moves in spells (fastbp's W1 epoch
-    0.36-0.37 us or 0.56-0.63 us for a tenth of a second at a time, measured): calls over a second
-    give every implementation the median of the same spread of spells."""
-    times = []
-    while len(times) < repeats or sum(times) < min_seconds:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+    to ``min_seconds``; and the times (``interleaved_times`` of one fn)."""
+    return interleaved_times({None: fn}, repeats, min_seconds)[None]
 
 
-def matmul_gflops(dtype, n=4096, repeats=5):
-    """The machine's matmul rate: NumPy a @ b, n x n, all cores, median of repeats."""
+def matmul_call(dtype, n=4096):
+    """(fn, FLOPs): the machine's matmul, NumPy a @ b, n x n, all cores, into a preallocated
+    output; called once here, so that BLAS has started."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n)).astype(dtype)
     b = rng.standard_normal((n, n)).astype(dtype)
-    a @ b
-    t, _ = median_time(lambda: a @ b, repeats)
-    return 2 * n ** 3 / t / 1e9
+    c = np.empty((n, n), dtype)
+
+    def fn():
+        np.matmul(a, b, out=c)
+    fn()
+    return fn, 2 * n ** 3
+
+
+def matmul_gflops(dtype, n=4096, repeats=5):
+    """The machine's matmul rate (``matmul_call``), median of repeats."""
+    fn, flops = matmul_call(dtype, n)
+    return flops / median_time(fn, repeats)[0] / 1e9
 
 
 def plan(name, quick):
@@ -220,21 +261,31 @@ def plan(name, quick):
     return w.samples, 1, 5, 0.0
 
 
-def measure(name, impl, dtype, quick):
+def measure(name, impls, dtype, quick):
+    """Workload ``name`` trained by each of ``impls`` in ``dtype``, their calls in turn: one result
+    per implementation."""
     w = wl.WORKLOADS[name]
     samples, epochs, repeats, seconds = plan(name, quick)
     X, y = wl.data(name, dtype, samples)
-    t0 = time.perf_counter()
-    trainer = TRAINERS[impl](w, dtype, X, y)
-    trainer.run(1)  # warm-up: Numba compiles or loads its cache here; BLAS and torch warm up
-    first = time.perf_counter() - t0
-    t, times = median_time(lambda: trainer.run(epochs), repeats, seconds)
-    per_epoch = t / epochs
-    return dict(workload=name, impl=impl, dtype=np.dtype(dtype).name, samples=samples,
-                epochs_per_call=epochs, repeats=len(times), seconds_per_epoch=per_epoch,
-                samples_per_s=samples / per_epoch,
-                gflops=wl.training_flops(name, samples) / per_epoch / 1e9,
-                first_call_s=first, times=times)
+    trainers, first = {}, {}
+    for impl in impls:
+        t0 = time.perf_counter()
+        trainers[impl] = TRAINERS[impl](w, dtype, X, y)
+        trainers[impl].run(1)  # warm-up: Numba compiles or loads its cache; BLAS, torch warm up
+        first[impl] = time.perf_counter() - t0
+    calls = {impl: (lambda t=t: t.run(epochs)) for impl, t in trainers.items()}
+    calls["matmul"], flops = matmul_call(dtype)  # the rate these runs get, in turn with them
+    timed = interleaved_times(calls, repeats, seconds)
+    rate = flops / timed.pop("matmul")[0] / 1e9
+    out = []
+    for impl, (t, times) in timed.items():
+        per_epoch = t / epochs
+        out.append(dict(workload=name, impl=impl, dtype=np.dtype(dtype).name, samples=samples,
+                        epochs_per_call=epochs, repeats=len(times), seconds_per_epoch=per_epoch,
+                        samples_per_s=samples / per_epoch,
+                        gflops=wl.training_flops(name, samples) / per_epoch / 1e9,
+                        matmul_gflops=rate, first_call_s=first[impl], times=times))
+    return out
 
 
 def peak_rss(name, impl, dtype, quick):
@@ -402,16 +453,21 @@ def environment():
 # ----------------------------------------------------------------- the grid
 
 
-def epoch_time(trainer, repeats, min_call=0.05):
-    """Seconds per epoch: after a warm-up epoch, one timed epoch sizes each timed call to at least
-    ``min_call`` seconds; the median of ``repeats`` calls."""
-    trainer.run(1)
-    t0 = time.perf_counter()
-    trainer.run(1)
-    one = time.perf_counter() - t0
-    epochs = int(min(1000, max(1, np.ceil(min_call / max(one, 1e-9)))))
-    t, _ = median_time(lambda: trainer.run(epochs), repeats)
-    return t / epochs
+def epoch_times(trainers, repeats, min_call=0.05, also=None):
+    """Seconds per epoch of each trainer (name -> trainer): after a warm-up epoch, one timed epoch
+    sizes each one's timed calls to at least ``min_call`` seconds; the median of ``repeats`` calls,
+    taken in turn (``interleaved_times``) with the calls of ``also`` (name -> fn), whose seconds
+    per call come back too."""
+    epochs = {}
+    for name, trainer in trainers.items():
+        trainer.run(1)
+        t0 = time.perf_counter()
+        trainer.run(1)
+        one = time.perf_counter() - t0
+        epochs[name] = int(min(1000, max(1, np.ceil(min_call / max(one, 1e-9)))))
+    calls = {n: (lambda t=t, e=epochs[n]: t.run(e)) for n, t in trainers.items()}
+    timed = interleaved_times({**calls, **(also or {})}, repeats)
+    return {name: t / epochs.get(name, 1) for name, (t, _) in timed.items()}
 
 
 def is_tie(pct_matmul, ratio):
@@ -433,19 +489,19 @@ def run_grid(impls, quick, progress, names=None):
         X, y = wl.data(name, np.dtype(dt))
         row = dict(point=name, what=w.what, sizes=w.sizes, batch=w.batch, dtype=dt,
                    samples=len(X), seconds_per_epoch={})
-        for impl in impls:
-            if progress:
-                print(f"\r[{k}/{len(names)}] {name} {impl}          ", end="", file=sys.stderr,
-                      flush=True)
-            trainer = TRAINERS[impl](w, np.dtype(dt), X, y)
-            row["seconds_per_epoch"][impl] = epoch_time(trainer, 3 if quick else 5)
-        t = row["seconds_per_epoch"]
+        if progress:
+            print(f"\r[{k}/{len(names)}] {name}          ", end="", file=sys.stderr, flush=True)
+        trainers = {impl: TRAINERS[impl](w, np.dtype(dt), X, y) for impl in impls}
+        mm = None if quick else matmul_call(np.dtype(dt))  # the rate in turn with the point's runs
+        t = epoch_times(trainers, 3 if quick else 5, also=mm and {"matmul": mm[0]})
+        del trainers
+        rate = mm[1] / t.pop("matmul") / 1e9 if mm else report["matmul_gflops"][dt]
+        row["seconds_per_epoch"], row["matmul_gflops"] = t, rate
         peers = {i: s for i, s in t.items() if i != "fastbp"}
         row["fastest_peer"] = min(peers, key=peers.get)
         row["ratio"] = peers[row["fastest_peer"]] / t["fastbp"]
         flops = wl.training_flops(name, len(X))
-        row["pct_matmul"] = {i: 100 * flops / s / 1e9 / report["matmul_gflops"][dt]
-                             for i, s in t.items()}
+        row["pct_matmul"] = {i: 100 * flops / s / 1e9 / rate for i, s in t.items()}
         row["tie"] = is_tie(row["pct_matmul"], row["ratio"])
         report["grid"].append(row)
     if progress:
@@ -460,7 +516,8 @@ def print_grid(report, out=sys.stdout):
     rows = report["grid"]
     impls = list(rows[0]["seconds_per_epoch"])
     print("\nGrid: ms per epoch (median); ratio = the fastest peer's time / fastbp's (> 1: fastbp "
-          "faster); % = fastbp's share of the matmul rate", file=out)
+          "faster); % = fastbp's share of the matmul rate (timed in turn with each point's runs; "
+          "--quick: the rate at the start)", file=out)
     print(f"  {'point':5s} {'network':34s} " + " ".join(f"{i:>8s}" for i in impls)
           + f" {'fastest':>8s} {'ratio':>6s} {'%':>5s}", file=out)
     for r in rows:
@@ -574,7 +631,8 @@ def _print_header(report, out):
     print(f"OpenBLAS overrides in the environment: {env['openblas_overrides'] or 'none'}", file=out)
     print("versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), file=out)
     for dt, rate in report["matmul_gflops"].items():
-        print(f"matmul rate ({dt}, NumPy 4096^3, all cores): {rate:.1f} GFLOP/s", file=out)
+        print(f"matmul rate ({dt}, NumPy 4096^3, all cores) at the start: {rate:.1f} GFLOP/s",
+              file=out)
 
 
 def print_report(report, out=sys.stdout):
@@ -588,7 +646,8 @@ def print_report(report, out=sys.stdout):
             calls = f"{calls[0]}" if len(calls) == 1 else f"{calls[0]}-{calls[-1]}"
             print(f"\n{name} {w.what}: {'-'.join(map(str, w.sizes))} {w.activation}/{w.loss}, "
                   f"batch {w.batch}, {sel[0]['samples']} samples, {dt}, median of "
-                  f"{calls} x {sel[0]['epochs_per_call']} epoch(s)", file=out)
+                  f"{calls} x {sel[0]['epochs_per_call']} epoch(s); the matmul rate in turn "
+                  f"with them {sel[0]['matmul_gflops']:.1f} GFLOP/s", file=out)
             print(f"  {'impl':8s} {'per epoch':>11s} {'samples/s':>12s} {'GFLOP/s':>8s} "
                   f"{'% matmul':>8s} {'vs numpy':>9s} {'RSS MiB':>10s} {'1st call':>9s}", file=out)
             for r in sel:
@@ -606,30 +665,29 @@ def print_report(report, out=sys.stdout):
 
 def run(workloads, impls, dtypes, quick, rss, progress):
     report = dict(quick=quick, environment=environment(), matmul_gflops={}, results=[])
-    jobs = []
-    for name in workloads:
-        for dt in (("float64", "float32") if name == "W1" and dtypes == ["float32"] else dtypes):
-            jobs += [(name, impl, dt) for impl in impls]
-    for dt in dict.fromkeys(j[2] for j in jobs):
+    jobs = [(name, dt) for name in workloads
+            for dt in (("float64", "float32") if name == "W1" and dtypes == ["float32"]
+                       else dtypes)]
+    for dt in dict.fromkeys(j[1] for j in jobs):
         report["matmul_gflops"][dt] = matmul_gflops(np.dtype(dt), repeats=3 if quick else 5)
-    for k, (name, impl, dt) in enumerate(jobs, 1):
+    for k, (name, dt) in enumerate(jobs, 1):
         if progress:
-            print(f"\r[{k}/{len(jobs)}] {name} {impl} {dt}          ", end="", file=sys.stderr,
+            print(f"\r[{k}/{len(jobs)}] {name} {dt}          ", end="", file=sys.stderr,
                   flush=True)
-        r = measure(name, impl, np.dtype(dt), quick)
-        if rss and name == "W3":
-            probe = peak_rss(name, impl, np.dtype(dt), quick)
-            if probe:
-                r["peak_rss_mib"] = probe["peak_mib"]
-                r["baseline_rss_mib"] = probe["baseline_mib"]
-        report["results"].append(r)
+        for r in measure(name, impls, np.dtype(dt), quick):
+            if rss and name == "W3":
+                probe = peak_rss(name, r["impl"], np.dtype(dt), quick)
+                if probe:
+                    r["peak_rss_mib"] = probe["peak_mib"]
+                    r["baseline_rss_mib"] = probe["baseline_mib"]
+            report["results"].append(r)
     if progress:
         print("\r" + " " * 50 + "\r", end="", file=sys.stderr, flush=True)
     for r in report["results"]:
         base = next(x for x in report["results"] if x["workload"] == r["workload"]
                     and x["dtype"] == r["dtype"] and x["impl"] == "numpy")
         r["speedup_vs_numpy"] = base["seconds_per_epoch"] / r["seconds_per_epoch"]
-        r["pct_matmul"] = 100 * r["gflops"] / report["matmul_gflops"][r["dtype"]]
+        r["pct_matmul"] = 100 * r["gflops"] / r["matmul_gflops"]
     return report
 
 

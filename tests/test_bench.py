@@ -1,8 +1,9 @@
 """``fastbp.bench``'s timing rule: the median over at least ``repeats`` calls and at least
-``min_seconds`` of them."""
+``min_seconds`` of them, implementations called in turn."""
+import statistics
 import time
 
-from fastbp.bench import median_time
+from fastbp.bench import interleaved_times, median_time
 
 
 def test_median_time_calls_at_least_repeats_times_and_for_at_least_min_seconds():
@@ -18,6 +19,37 @@ def test_median_time_calls_at_least_repeats_times_and_for_at_least_min_seconds()
     t, times = median_time(nap, 3, min_seconds=0.1)
     assert len(calls) == len(times) >= 10 and sum(times) >= 0.1
     assert sum(times[:-1]) < 0.1  # and no call more than it takes
+
+
+def test_implementations_are_timed_in_turn_with_a_gap_between_different_ones():
+    naps = {"a": 0.002, "b": 0.004, "c": 0.03}
+    calls = []  # (name, start, end) of every call, timed or not
+
+    def fn(name):
+        def call():
+            t0 = time.perf_counter()
+            time.sleep(naps[name])
+            calls.append((name, t0, time.perf_counter()))
+        return call
+
+    timed = interleaved_times({n: fn(n) for n in naps}, repeats=3, min_seconds=0.05, gap=0.02)
+    names = [n for n, _, _ in calls]
+    switches = [i for i in range(1, len(names)) if names[i] != names[i - 1]]
+    # rounds in turn, the order reversed each round (a b c, c b a, a b c); "c" has its 3 calls
+    # and 0.05 s then, and "a" and "b" go on in turn until their calls add up to 0.05 s
+    turns = [names[0]] + [names[i] for i in switches]
+    assert turns[:7] == ["a", "b", "c", "b", "a", "b", "c"] and set(turns[7:]) == {"a", "b"}
+    for i in switches:  # a switch waited for the gap after the previous call ended
+        assert calls[i][1] - calls[i - 1][2] >= 0.02
+    # after a switch, a fn whose calls are shorter than the gap ("a", "b") is called once untimed
+    for i in switches:
+        if names[i] != "c" and names[i] in names[:i]:
+            assert names[i + 1] == names[i]
+    assert names.count("c") == len(timed["c"][1]) == 3
+    for n, (median, times) in timed.items():
+        assert len(times) >= 3 and sum(times) >= 0.05 and median == statistics.median(times)
+        if n != "c":
+            assert names.count(n) > len(times)  # the untimed calls
 
 
 def test_a_tie_is_a_blas_bound_point_within_three_percent():

@@ -3,7 +3,7 @@ process (against the lean NumPy loop, fastbp.baseline), fastbp's geometric-mean 
 fastest installed peer over the shape grid, and the final training loss of both (a faster kernel
 that computes something else shows as a changed loss)."""
 from fastbp.bench import IMPLS as PEERS
-from fastbp.bench import available, median_time, run_grid
+from fastbp.bench import available, interleaved_times, run_grid
 
 from .common import IMPLS, Trainer, final_loss
 
@@ -24,9 +24,9 @@ class Speedup:
             t.fit(epochs=1)
 
     def track_speedup(self, workload):
-        times = {impl: median_time(lambda: t.fit(epochs=self.epochs), self.repeats)[0]
-                 for impl, t in self.trainers.items()}
-        return times["numpy"] / times["fastbp"]
+        timed = interleaved_times({impl: (lambda t=t: t.fit(epochs=self.epochs))
+                                   for impl, t in self.trainers.items()}, self.repeats)
+        return timed["numpy"][0] / timed["fastbp"][0]
 
 
 class FinalLoss:
