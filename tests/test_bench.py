@@ -1,6 +1,5 @@
 """``fastbp.bench``'s timing rule: the median over at least ``repeats`` calls and at least
 ``min_seconds`` of them, implementations called in turn."""
-import statistics
 import time
 
 from fastbp.bench import interleaved_times, median_time
@@ -21,18 +20,34 @@ def test_median_time_calls_at_least_repeats_times_and_for_at_least_min_seconds()
     assert sum(times[:-1]) < 0.1  # and no call more than it takes
 
 
-def test_implementations_are_timed_in_turn_with_a_gap_between_different_ones():
-    naps = {"a": 0.002, "b": 0.004, "c": 0.03}
+class FakeClock:
+    """``time`` for fastbp.bench: calls and pauses advance it exactly, so the test times nothing."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def test_implementations_are_timed_in_turn_with_a_gap_between_different_ones(monkeypatch):
+    from fastbp import bench
+    clock = FakeClock()
+    monkeypatch.setattr(bench, "time", clock)
+    takes = {"a": 0.002, "b": 0.004, "c": 0.03}
     calls = []  # (name, start, end) of every call, timed or not
 
     def fn(name):
         def call():
-            t0 = time.perf_counter()
-            time.sleep(naps[name])
-            calls.append((name, t0, time.perf_counter()))
+            start = clock.now
+            clock.now += takes[name]
+            calls.append((name, start, clock.now))
         return call
 
-    timed = interleaved_times({n: fn(n) for n in naps}, repeats=3, min_seconds=0.05, gap=0.02)
+    timed = interleaved_times({n: fn(n) for n in takes}, repeats=3, min_seconds=0.05, gap=0.02)
     names = [n for n, _, _ in calls]
     switches = [i for i in range(1, len(names)) if names[i] != names[i - 1]]
     # rounds in turn, the order reversed each round (a b c, c b a, a b c); "c" has its 3 calls
@@ -40,16 +55,22 @@ def test_implementations_are_timed_in_turn_with_a_gap_between_different_ones():
     turns = [names[0]] + [names[i] for i in switches]
     assert turns[:7] == ["a", "b", "c", "b", "a", "b", "c"] and set(turns[7:]) == {"a", "b"}
     for i in switches:  # a switch waited for the gap after the previous call ended
-        assert calls[i][1] - calls[i - 1][2] >= 0.02
-    # after a switch, a fn whose calls are shorter than the gap ("a", "b") is called once untimed
+        assert abs(calls[i][1] - calls[i - 1][2] - 0.02) < 1e-12
+    for i in range(1, len(names)):  # and no pause without a switch
+        if i not in switches:
+            assert calls[i][1] == calls[i - 1][2]
+    # after a switch, a fn whose calls are shorter than the gap ("a", "b") is called once
+    # untimed first; "c" never
+    untimed = {n: 0 for n in takes}
     for i in switches:
-        if names[i] != "c" and names[i] in names[:i]:
+        if names[i] in names[:i] and names[i] != "c":
             assert names[i + 1] == names[i]
-    assert names.count("c") == len(timed["c"][1]) == 3
+            untimed[names[i]] += 1
     for n, (median, times) in timed.items():
-        assert len(times) >= 3 and sum(times) >= 0.05 and median == statistics.median(times)
-        if n != "c":
-            assert names.count(n) > len(times)  # the untimed calls
+        assert len(times) == names.count(n) - untimed[n] >= 3
+        assert max(abs(t - takes[n]) for t in times) < 1e-12 and abs(median - takes[n]) < 1e-12
+        assert sum(times) >= 0.05 and sum(times[:-1]) < 0.05 or len(times) == 3
+    assert untimed["c"] == 0 and untimed["a"] > 0 and untimed["b"] > 0
 
 
 def test_a_tie_is_a_blas_bound_point_within_three_percent():
