@@ -233,7 +233,8 @@ def median_time(fn, repeats, min_seconds=0.0):
 
 def matmul_call(dtype, n=4096):
     """(fn, FLOPs): the machine's matmul, NumPy a @ b, n x n, all cores, into a preallocated
-    output; called once here, so that BLAS has started."""
+    output; called once here, so that BLAS has started. Made once per dtype in a run (drawing the
+    operands takes 1.6 s float32, 2.1 s float64) and timed where it is needed."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n)).astype(dtype)
     b = rng.standard_normal((n, n)).astype(dtype)
@@ -245,10 +246,19 @@ def matmul_call(dtype, n=4096):
     return fn, 2 * n ** 3
 
 
-def matmul_gflops(dtype, n=4096, repeats=5):
-    """The machine's matmul rate (``matmul_call``), median of repeats."""
-    fn, flops = matmul_call(dtype, n)
+def matmul_gflops(call, repeats=5):
+    """The rate of a ``matmul_call``, median of repeats."""
+    fn, flops = call
     return flops / median_time(fn, repeats)[0] / 1e9
+
+
+def _start_rates(report, dtypes, quick):
+    """A ``matmul_call`` per dtype, each one's rate at the start of the run in
+    ``report["matmul_gflops"]``; the calls, for timing in turn later."""
+    matmul = {dt: matmul_call(np.dtype(dt)) for dt in dtypes}
+    for dt, call in matmul.items():
+        report["matmul_gflops"][dt] = matmul_gflops(call, repeats=3 if quick else 5)
+    return matmul
 
 
 def plan(name, quick):
@@ -261,9 +271,9 @@ def plan(name, quick):
     return w.samples, 1, 5, 0.0
 
 
-def measure(name, impls, dtype, quick):
-    """Workload ``name`` trained by each of ``impls`` in ``dtype``, their calls in turn: one result
-    per implementation."""
+def measure(name, impls, dtype, quick, matmul):
+    """Workload ``name`` trained by each of ``impls`` in ``dtype``, their calls in turn with
+    ``matmul`` (a ``matmul_call``: the rate these runs get): one result per implementation."""
     w = wl.WORKLOADS[name]
     samples, epochs, repeats, seconds = plan(name, quick)
     X, y = wl.data(name, dtype, samples)
@@ -274,7 +284,7 @@ def measure(name, impls, dtype, quick):
         trainers[impl].run(1)  # warm-up: Numba compiles or loads its cache; BLAS, torch warm up
         first[impl] = time.perf_counter() - t0
     calls = {impl: (lambda t=t: t.run(epochs)) for impl, t in trainers.items()}
-    calls["matmul"], flops = matmul_call(dtype)  # the rate these runs get, in turn with them
+    calls["matmul"], flops = matmul
     timed = interleaved_times(calls, repeats, seconds)
     rate = flops / timed.pop("matmul")[0] / 1e9
     out = []
@@ -482,8 +492,7 @@ def run_grid(impls, quick, progress, names=None):
     fastest peer, and fastbp's ratio to it (peer time / fastbp time)."""
     names = names or list(wl.GRID)
     report = dict(environment=environment(), matmul_gflops={}, grid=[])
-    for dt in dict.fromkeys(wl.GRID[n][1] for n in names):
-        report["matmul_gflops"][dt] = matmul_gflops(np.dtype(dt), repeats=3 if quick else 5)
+    matmul = _start_rates(report, dict.fromkeys(wl.GRID[n][1] for n in names), quick)
     for k, name in enumerate(names, 1):
         w, dt = wl.GRID[name]
         X, y = wl.data(name, np.dtype(dt))
@@ -492,10 +501,11 @@ def run_grid(impls, quick, progress, names=None):
         if progress:
             print(f"\r[{k}/{len(names)}] {name}          ", end="", file=sys.stderr, flush=True)
         trainers = {impl: TRAINERS[impl](w, np.dtype(dt), X, y) for impl in impls}
-        mm = None if quick else matmul_call(np.dtype(dt))  # the rate in turn with the point's runs
-        t = epoch_times(trainers, 3 if quick else 5, also=mm and {"matmul": mm[0]})
+        # the matmul rate timed in turn with the point's runs (quick: the run's)
+        t = epoch_times(trainers, 3 if quick else 5, also=None if quick else
+                        {"matmul": matmul[dt][0]})
         del trainers
-        rate = mm[1] / t.pop("matmul") / 1e9 if mm else report["matmul_gflops"][dt]
+        rate = report["matmul_gflops"][dt] if quick else matmul[dt][1] / t.pop("matmul") / 1e9
         row["seconds_per_epoch"], row["matmul_gflops"] = t, rate
         peers = {i: s for i, s in t.items() if i != "fastbp"}
         row["fastest_peer"] = min(peers, key=peers.get)
@@ -668,13 +678,12 @@ def run(workloads, impls, dtypes, quick, rss, progress):
     jobs = [(name, dt) for name in workloads
             for dt in (("float64", "float32") if name == "W1" and dtypes == ["float32"]
                        else dtypes)]
-    for dt in dict.fromkeys(j[1] for j in jobs):
-        report["matmul_gflops"][dt] = matmul_gflops(np.dtype(dt), repeats=3 if quick else 5)
+    matmul = _start_rates(report, dict.fromkeys(j[1] for j in jobs), quick)
     for k, (name, dt) in enumerate(jobs, 1):
         if progress:
             print(f"\r[{k}/{len(jobs)}] {name} {dt}          ", end="", file=sys.stderr,
                   flush=True)
-        for r in measure(name, impls, np.dtype(dt), quick):
+        for r in measure(name, impls, np.dtype(dt), quick, matmul[dt]):
             if rss and name == "W3":
                 probe = peak_rss(name, r["impl"], np.dtype(dt), quick)
                 if probe:
