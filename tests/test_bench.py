@@ -80,3 +80,45 @@ def test_a_tie_is_a_blas_bound_point_within_three_percent():
     assert not is_tie(bound, 0.96)  # more than 3% behind
     assert not is_tie(bound, 1.02)  # ahead: no tie needed
     assert not is_tie({**bound, "sklearn": 80.0}, 0.99)  # a peer below 95%: not BLAS-bound
+
+
+def test_the_grid_report_holds_each_points_fastest_peer_ratio_and_share_of_the_matmul_rate():
+    """``run_grid`` on two small points, in turn with lean NumPy: the report's ratios, shares of
+    the matmul rate and geometric mean follow from its own times (asv's Grid tracks that mean; CI
+    runs the grid here, on two points, not in the asv run: the whole grid took 3.5 of CI's 15
+    minutes)."""
+    import numpy as np
+
+    from fastbp import bench
+    from fastbp import workloads as wl
+    names = ["G03", "G07"]
+    report = bench.run_grid(["fastbp", "numpy"], quick=True, progress=False, names=names)
+    assert [r["point"] for r in report["grid"]] == names
+    for r in report["grid"]:
+        t = r["seconds_per_epoch"]
+        assert sorted(t) == ["fastbp", "numpy"]
+        assert all(np.isfinite(s) and s > 0 for s in t.values())
+        assert r["fastest_peer"] == "numpy" and r["ratio"] == t["numpy"] / t["fastbp"]
+        assert r["samples"] == wl.GRID[r["point"]][0].samples
+        rate = report["matmul_gflops"][r["dtype"]]  # quick: the run's start rate
+        assert r["matmul_gflops"] == rate > 0
+        flops = wl.training_flops(r["point"], r["samples"])
+        for impl, s in t.items():
+            assert np.isclose(r["pct_matmul"][impl], 100 * flops / s / 1e9 / rate, rtol=1e-12)
+    ratios = [r["ratio"] for r in report["grid"]]
+    assert np.isclose(report["geomean"], np.prod(ratios) ** (1 / len(ratios)), rtol=1e-12)
+
+
+def test_asvs_grid_benchmark_tracks_the_grid_geometric_mean(monkeypatch):
+    """The asv benchmark behind the tracked geometric mean runs (on one point here: see above)."""
+    import importlib
+    from pathlib import Path
+
+    import numpy as np
+
+    from fastbp import workloads as wl
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    tracking = importlib.import_module("benchmarks.bench_tracking")
+    monkeypatch.setattr(wl, "GRID", {"G07": wl.GRID["G07"]})
+    value = tracking.Grid().track_grid_geomean()
+    assert isinstance(value, float) and np.isfinite(value) and value > 0
