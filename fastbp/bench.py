@@ -204,9 +204,10 @@ def interleaved_times(calls, repeats, min_seconds=0.0, gap=GAP_S):
     The machine's speed moves in spells of a tenth of a second (fastbp's W1 epoch 0.36-0.37 us or
     0.56-0.63 us) to tens of seconds (a cache line's round trip between its two cores 50-120 ns
     or 325-335 ns, likely cores that share a cache or not, and a 4096 x 64 x 64 weight-gradient
-    gemm on both 254-287 us or 486-520 us, measured seconds apart). Implementations timed one after another
-    can each land in a different spell; timed in turn, each gets the median of the same spread.
-    Calls over a second in all (W1's, of milliseconds) spread each over several spells."""
+    gemm on both 254-287 us or 486-520 us, measured seconds apart). Implementations timed one
+    after another can each land in a different spell; timed in turn, each gets the median of the
+    same spread. Calls over a second in all (W1's, of milliseconds) spread each over several
+    spells."""
     times = {name: [] for name in calls}
     order, last = list(calls), None
     while True:
