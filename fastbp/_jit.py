@@ -216,6 +216,19 @@ def renamed(f, suffix):
     return g
 
 
+def distinct(*constants):
+    """``@distinct(c, ...)`` under ``@njit`` or ``@inner``, for a function a factory makes per
+    constant (a closure): compiled as a copy named after the constants (``renamed``). Numba names
+    a function's machine code after its qualified name and a counter of the process that compiles
+    it, so two closures of one factory, compiled in two processes and kept in the disk cache, can
+    get the same symbol; loaded into one process, the calls of both went to the code loaded first
+    (found with row chunks, not on main: a cross-entropy fit ran the bce loss's kernels, its loss
+    -1e16, after a bce fit loaded from the cache; the drivers' cached code here carries such
+    symbols too, ``batch_gradients_layers`` among them)."""
+    suffix = "_" + "_".join(str(c) for c in constants)
+    return lambda f: renamed(f, suffix)
+
+
 def inner(optimised_alone=False, **options):
     """``@inner(**options)``: ``@njit(**options)`` for a function that only compiled code calls,
     compiled without Numba's wrappers into a library that its callers link (see the module's

@@ -46,7 +46,7 @@ from . import _compiling
 from . import _pcg
 from . import _threads
 from . import _vmath as vm
-from ._jit import LINKED, inner, renamed
+from ._jit import LINKED, distinct, inner, renamed
 from ._inline import flat, matrix, max2, min2
 
 _threads.start_pool()  # before any cached kernel runs: see _threads.start_pool
@@ -1109,6 +1109,7 @@ def _batch_gradients_layers(loss):
     """``batch_gradients`` through the per-layer kernels for the loss code ``loss`` (see
     BATCH_LAYERS)."""
     @inner()
+    @distinct(loss)
     def batch_gradients_layers(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts,
                                inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct, sgd):
         """``batch_gradients`` through the per-layer kernels (gather, forward, fused loss,
@@ -1330,6 +1331,7 @@ def _batch_gradients(fused, loss):
     """batch_gradients for networks run by the fused loop (fused True) or by the per-layer
     kernels, for the loss code ``loss`` (see BATCH_GRADIENTS)."""
     @njit(cache=True)
+    @distinct(int(fused), loss)
     def batch_gradients(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts, l2,
                         inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct):
         """grads (P,) = the gradient of the mean loss over the rows index[start:stop] of X
@@ -1392,6 +1394,7 @@ def _train_epochs(fused, loss):
     """train_epochs for networks run by the fused loop (fused True) or by the per-layer kernels,
     for the loss code ``loss`` (see TRAIN_EPOCHS)."""
     @njit(cache=True)
+    @distinct(int(fused), loss)
     def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, rng, lrs,
                      layout, acts, batch_size, opt, hyper, l2,
                      inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct, backup, bound):
@@ -1522,6 +1525,7 @@ TRAIN_EPOCHS = tuple(tuple(_train_epochs(f, c) for c in LOSS_CODES) for f in (Fa
 def _evaluate(loss):
     """evaluate for the loss code ``loss`` (see EVALUATE)."""
     @njit(cache=True)
+    @distinct(loss)
     def evaluate(out, row_loss, params, X, Xs, index, Y, layout, acts, act_buf, with_loss):
         """Forward X (N, C_0) in chunks of row_loss.shape[0] rows.
 

@@ -134,3 +134,27 @@ def test_a_numba_that_names_the_environment_otherwise_gets_ordinary_libraries(tm
                          timeout=300, env=dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "nc")))
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == ["7", "6", "False", "True"]
+
+
+def test_every_compiled_function_of_the_kernels_has_a_name_of_its_own():
+    """Numba names a function's machine code after its qualified name and a counter of the
+    compiling process; closures of one factory (one per loss or path) compiled in two processes
+    and cached could share a symbol, and loaded into one process the calls of both went to one of
+    them (see _jit.distinct). So no two of the kernels' dispatchers, the per-loss tuples included,
+    share a qualified name."""
+    from numba.core.registry import CPUDispatcher
+
+    from fastbp import _kernels as K
+
+    def dispatchers(value):
+        if isinstance(value, CPUDispatcher):
+            yield value
+        elif isinstance(value, tuple):
+            for v in value:
+                yield from dispatchers(v)
+
+    found = {id(d): d for v in vars(K).values() for d in dispatchers(v)}
+    names = [d.py_func.__qualname__ for d in found.values()]
+    assert len(found) > 40 and len(set(names)) == len(names)
+    per_loss = [d.py_func.__qualname__ for d in K.BATCH_LAYERS + K.EVALUATE]
+    assert len(set(per_loss)) == 2 * len(K.LOSS_CODES)
