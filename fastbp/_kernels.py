@@ -16,12 +16,14 @@ caller (a few one-element arrays carry scalars in and out of the training loop: 
 the rows classified right).
 
 Threads: only kernels that can run with more than one Numba thread are ``parallel=True``: the
-sparse first layer (a network of small layers on sparse input stays out of the BLAS split, so
-Numba has the threads, see ``_threads.py``: its dense layers' gemms, below 4096 multiply-adds,
-are far too small for OpenBLAS to start its own) and the activation passes as standalone
-kernels. Dense training runs its per-layer kernels inside the BLAS split, with one Numba thread,
-so they are serial: compiled parallel they ran no faster and cost 3.5 s of a first fit's 17
-(measured).
+row chunks' runner (``CHUNK_RUNNER``), which runs a batch of a network of small layers in chunks
+of rows, one task per thread, with BLAS at one thread (``row_chunks``; compiled apart from the
+drivers, which call it through its address, see ``_chunks.py``); the sparse first layer (a
+network of small layers on sparse input stays out of the BLAS split, so Numba has the threads,
+see ``_threads.py``: its dense layers' gemms, below 4096 multiply-adds, are far too small for
+OpenBLAS to start its own); and the activation passes as standalone kernels. Other dense training
+runs its per-layer kernels inside the BLAS split, with one Numba thread, so they are serial:
+compiled parallel they ran no faster and cost 3.5 s of a first fit's 17 (measured).
 
 Compiling: the kernels that only compiled code calls are ``@inner`` (``_jit.py``: no Numba
 wrappers, and no optimisation or machine code of their own, which their callers make with them
@@ -30,12 +32,15 @@ backup, restore and finiteness check do on the epochs it steps in Python); the d
 kernels the Python layer calls on every fit or predict, are plain ``@njit``.
 
 Reproducibility: every ``prange`` loop gives each iteration its own output elements (rows of
-``out``, blocks of rows, blocks of ``dweight``), and every sum runs in a fixed order inside one
-iteration. No two threads write the same element and no reduction order depends on the thread
-count, so results are bit-identical for any number of Numba threads. BLAS (``gemm``) is only
-ever called outside ``prange``; the Python layer decides how many threads BLAS may use (see
-``_threads.py``).
+``out``, blocks of rows, blocks of ``dweight``, a chunk's own gradient buffer), and every sum runs
+in a fixed order inside one iteration, or over the iterations' results in order afterwards. No two
+threads write the same element and no reduction order depends on the thread count, so results are
+bit-identical for any number of Numba threads. BLAS (``gemm``) is called inside ``prange`` only
+with BLAS at one thread (the row chunks); the Python layer decides how many threads BLAS may use
+(see ``_threads.py``).
 """
+import zlib
+
 import numpy as np
 from numba import njit, prange, types
 from numba.core import cgutils
@@ -810,11 +815,17 @@ def layer_views(params, layout, l):
 @inner()
 def activation_view(act_buf, layout, B, l):
     """View A_l (B, OC_l) of act_buf, which holds A_0..A_{L-1} back to back for a batch of B rows."""
+    return rows_view(act_buf, layout, B, l, 0, B)
+
+
+@inner()
+def rows_view(act_buf, layout, B, l, r0, r1):
+    """Rows r0..r1-1 of ``activation_view(act_buf, layout, B, l)``, a contiguous view."""
     off = 0
     for k in range(l):
         off += B * layout[k, LAY_OC]
     OC = layout[l, LAY_OC]
-    return matrix(act_buf[off:off + B * OC], B, OC)
+    return matrix(act_buf[off + r0 * OC:off + r1 * OC], r1 - r0, OC)
 
 
 @inner()
@@ -824,19 +835,20 @@ def out_act(acts, L, l):
 
 
 @inner()
-def network_forward(act_buf, params, inp, layout, acts, first=0):
-    """Forward pass of inp (B, C_0) through layers first..L-1 into act_buf.
+def network_forward(act_buf, params, inp, layout, acts, first, r0, r1):
+    """Forward pass of rows r0..r1-1 of inp (B, C_0) through layers first..L-1 into act_buf.
 
     act_buf holds each layer's output A_l (B, OC_l) back to back: the hidden ones activated, the
-    last the logits (the loss applies the output activation). first=1: A_0 is already there (the
-    sparse first layer's, see ``sparse_network_forward``), and inp (B, 0) only gives B.
+    last the logits (the loss applies the output activation); only rows r0..r1-1 are written.
+    first=1: A_0 is already there (the sparse first layer's, see ``sparse_network_forward``), and
+    inp (B, 0) only gives B.
     """
     B = inp.shape[0]
     L = layout.shape[0]
     for l in range(first, L):
         W, bias = layer_views(params, layout, l)
-        x = inp if l == 0 else activation_view(act_buf, layout, B, l - 1)
-        dense_forward(activation_view(act_buf, layout, B, l), x, W, bias, out_act(acts, L, l))
+        x = inp[r0:r1] if l == 0 else rows_view(act_buf, layout, B, l - 1, r0, r1)
+        dense_forward(rows_view(act_buf, layout, B, l, r0, r1), x, W, bias, out_act(acts, L, l))
 
 
 @inner()
@@ -846,36 +858,87 @@ def sparse_network_forward(act_buf, params, Xs, index, start, B, layout, acts):
     W0, b0 = layer_views(params, layout, 0)
     sparse_forward(activation_view(act_buf, layout, B, 0), Xs[0], Xs[1], Xs[2], index, start, W0,
                    b0, out_act(acts, layout.shape[0], 0))
-    network_forward(act_buf, params, matrix(act_buf[:0], B, 0), layout, acts, 1)
+    network_forward(act_buf, params, matrix(act_buf[:0], B, 0), layout, acts, 1, 0, B)
 
 
 @inner()
-def network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, sgd, last=0):
-    """Backward pass of layers L-1..last filling grads (P,), laid out like params, for the batch
-    inp (B, C_0); with sgd (1,) = (lr,), plain SGD's step taken layer by layer instead (see
-    dense_backward: grads then holds the bias gradients and scratch), with (0,) none. Returns
-    the gradient at layer last's input: with last=1, dL/dA_0 for the sparse first layer's own
-    backward (inp then only gives B); with last=0 an empty (B, 0) (the network's input needs no
-    gradient: need_dinp a runtime False, so one compiled dense_backward serves every call).
+def network_backward(grads, delta_buf, half, params, inp, act_buf, layout, acts, sgd, last, r0,
+                     r1):
+    """Backward pass of layers L-1..last for rows r0..r1-1 of the batch inp (B, C_0), filling
+    grads (P,), laid out like params, with those rows' gradient; with sgd (1,) = (lr,), plain SGD's
+    step taken layer by layer instead (see dense_backward: grads then holds the bias gradients and
+    scratch), with (0,) none. Returns the gradient at layer last's input: with last=1, dL/dA_0
+    for the sparse first layer's own backward (inp then only gives B); with last=0 an empty
+    (r1 - r0, 0) (the network's input needs no gradient: need_dinp a runtime False, so one compiled
+    dense_backward serves every call).
 
     On entry the last slot of act_buf holds dL/dlogits (``loss_backward`` writes it in place).
-    delta_buf (2 * B * max hidden width) holds the hidden deltas, two slots used in turn.
+    delta_buf holds the hidden deltas in two slots of ``half`` elements (at least B x the widest
+    hidden layer), used in turn, each a batch of B rows of which only rows r0..r1-1 are used.
     """
     B = inp.shape[0]
     L = layout.shape[0]
-    dout = activation_view(act_buf, layout, B, L - 1)
-    half = delta_buf.shape[0] // 2
+    dout = rows_view(act_buf, layout, B, L - 1, r0, r1)
     for l in range(L - 1, last - 1, -1):
         W, bias = layer_views(params, layout, l)
         dW, db = layer_views(grads, layout, l)
         C = layout[l, LAY_C] if l > 0 else 0
         s0 = (l % 2) * half
-        dinp = matrix(delta_buf[s0:s0 + B * C], B, C)
-        x = inp if l == 0 else activation_view(act_buf, layout, B, l - 1)
-        dense_backward(dinp, dW, db, dout, x, W, bias, activation_view(act_buf, layout, B, l),
+        dinp = matrix(delta_buf[s0 + r0 * C:s0 + r1 * C], r1 - r0, C)
+        x = inp[r0:r1] if l == 0 else rows_view(act_buf, layout, B, l - 1, r0, r1)
+        dense_backward(dinp, dW, db, dout, x, W, bias, rows_view(act_buf, layout, B, l, r0, r1),
                        out_act(acts, L, l), l > 0, sgd)
         dout = dinp
     return dout
+
+
+# --------------------------------------------------------------------------- a batch in row chunks
+# A network of small layers spends its step in gemms too small for BLAS to start its threads
+# (OpenBLAS runs a gemm of up to 65536 x 4 multiply-adds on the calling thread) and in
+# elementwise passes: on one core. So such a batch runs in chunks of rows, one task per Numba
+# thread with BLAS at one thread: each chunk's forward pass, loss and backward pass over its own
+# rows, its gradient into a buffer of its own; then the chunks' gradients are added in order.
+# The chunks are fixed by the shapes alone (``row_chunks``), never by the thread count, so the
+# bits are the same for any thread count.
+
+CHUNKS = 2  # row chunks of a chunked batch
+CHUNK_MAX_WIDTH = 512  # small layers: every layer's inputs and outputs
+CHUNK_MIN_BATCH = 128  # chunks of at least 64 rows
+CHUNK_MAX_WEIGHTS = 1 << 16  # below CHUNK_LARGE_BATCH rows, every layer's C x OC: 256 x 256
+CHUNK_LARGE_BATCH = 1024
+
+
+@inner()
+def small_layers(layout):
+    """Whether every layer is at most CHUNK_MAX_WIDTH wide, in and out: such a network's batches
+    may run in row chunks (``row_chunks``), and its workspace holds the chunks' gradients."""
+    for l in range(layout.shape[0]):
+        if layout[l, LAY_C] > CHUNK_MAX_WIDTH or layout[l, LAY_OC] > CHUNK_MAX_WIDTH:
+            return False
+    return True
+
+
+@inner()
+def row_chunks(B, layout):
+    """The chunks of rows a batch of B rows runs in: CHUNKS for a network of ``small_layers``
+    at batches of CHUNK_MIN_BATCH rows or more whose every layer has at most CHUNK_MAX_WEIGHTS
+    weights, or of CHUNK_LARGE_BATCH rows or more; else 1 (the whole batch, each gemm with BLAS's
+    threads). Measured on the grid's networks, in turn with the whole batch (2 cores, float32 and
+    float64): chunked 1.04-1.5x faster at G05, G06, G08, G10, G11, G12, G14, G15, G16, G20 and
+    G30; slower at batches of 64 rows and fewer (G07, G09, G13: 0.85-0.97) and with 512-1024-wide
+    layers at 128-256 rows (G18, G22: 0.85-0.89), and W2 (784 x 256 at 128 rows) 0.76."""
+    if B < CHUNK_MIN_BATCH:
+        return 1
+    weights = 0
+    for l in range(layout.shape[0]):
+        C, OC = layout[l, LAY_C], layout[l, LAY_OC]
+        if C > CHUNK_MAX_WIDTH or OC > CHUNK_MAX_WIDTH:  # small_layers, written out
+            return 1
+        if C * OC > weights:  # (not max2: Python calls this as well)
+            weights = C * OC
+    if B >= CHUNK_LARGE_BATCH or weights <= CHUNK_MAX_WEIGHTS:
+        return CHUNKS
+    return 1
 
 
 @inner()
@@ -1105,6 +1168,260 @@ def _first_of_run(index, start, stop):
     return first
 
 
+@inner()
+def batch_views(X, Y, inp_buf, tgt_buf, first, B):
+    """(gathered (B, C_0), inp, tgt (B, T)): where a dense batch of B rows is gathered (in inp_buf
+    and tgt_buf), and its input: gathered, or, when first >= 0 (its rows are consecutive in X,
+    from row first; gathered then (B, 0): only the targets are gathered), X's rows read in place
+    (the copy cost a W2 step 7%, 33 of 440 us)."""
+    C0 = 0 if first >= 0 else X.shape[1]
+    gathered = matrix(inp_buf[:B * C0], B, C0)
+    inp = gathered
+    if first >= 0:
+        inp = X[first:first + B]
+    return gathered, inp, matrix(tgt_buf[:B * Y.shape[1]], B, Y.shape[1])
+
+
+# A batch's arguments for its row chunks, in order: a chunk (``CHUNK``) takes its number k and
+# these; the runner that takes the chunks across Numba's threads (``CHUNK_RUNNER``) the chunk
+# function's address and these. Both are called through their address (``call_at``).
+CHUNK_ARGS = ("correct", "grads", "params", "X", "Y", "SW", "index", "start", "first", "layout",
+              "acts", "inp_buf", "tgt_buf", "act_buf", "delta_buf", "parts", "row_loss", "wsum",
+              "sgd", "B", "nch")
+
+
+@inner()
+def batch_loss(row_loss, SW, index, start, wsum, B, outputs, loss):
+    """The mean loss of a batch of B rows from each row's loss row_loss[:B], its rows
+    index[start:start + B]: weighted by SW (N,) as scikit-learn, sum_b w_b loss_b / sum_b w_b
+    (wsum), or SW (0,) none; cross-entropy's per row, the others' per output too."""
+    total = np.float64(0)
+    if SW.shape[0] > 0:
+        for b in range(B):
+            total += SW[index[start + b]] * row_loss[b]
+        return total / wsum / (1 if loss == LOSS_CE else outputs)
+    for b in range(B):
+        total += row_loss[b]
+    return total / (B if loss == LOSS_CE else B * outputs)
+
+
+# For the runner, only ever called through its address: no Numba wrappers for Python and C (see
+# _jit), which would cost compile time and never run.
+NO_WRAPPERS = dict(no_cpython_wrapper=True, no_cfunc_wrapper=True)
+
+
+def _chunk_kernel(loss):
+    """``chunk`` for the loss code ``loss`` (see CHUNK)."""
+    @inner()
+    @distinct(loss)
+    def chunk(fp, *args):
+        """Row chunk k of nch of a batch of B rows (``row_chunks``), args (k, *CHUNK_ARGS): its
+        rows gathered (``gather_rows`` into inp_buf and tgt_buf; only the targets when first >=
+        0, the first of the batch's rows, consecutive in X, read in place), their forward pass,
+        the rows classified right into correct[2 + k], each row's loss into row_loss and its
+        dL/dlogits over its logits, scaled by its sample weight's share (SW (N,) or (0,), wsum
+        their sum over the batch), then the backward pass of these rows, its gradient into grads
+        (chunk 0) or into delta_buf's gradient buffer k - 1, after the delta slots, which take
+        delta_buf[:parts]. Writes only its own rows and buffer: the chunks may run at once.
+
+        One chunk (nch 1), the whole batch: returns the batch's loss (``batch_loss``) and takes
+        the backward pass only when it is finite, with sgd (1,) = (lr,), plain SGD's step in it
+        (see network_backward); else returns 0, the batch's loss for the caller to add up.
+
+        fp: the fingerprint of args' types (``call_at`` passes it), unread: the drivers call a
+        chunk compiled with them, for their own arguments, and hand its address to the runner
+        only when it is compiled for the same (the runner checks its own fingerprint).
+        """
+        (k, correct, grads, params, X, Y, SW, index, start, first, layout, acts, inp_buf, tgt_buf,
+         act_buf, delta_buf, parts, row_loss, wsum, sgd, B, nch) = args
+        P = params.shape[0]
+        gathered, inp, tgt = batch_views(X, Y, inp_buf, tgt_buf, first, B)
+        r0 = k * B // nch
+        r1 = (k + 1) * B // nch
+        gather_rows(gathered[r0:r1], tgt[r0:r1], X, Y, index, start + r0)
+        network_forward(act_buf, params, inp, layout, acts, 0, r0, r1)
+        logits = activation_view(act_buf, layout, B, layout.shape[0] - 1)
+        correct[2 + k] = count_correct(logits[r0:r1], tgt[r0:r1], loss)
+        for b0 in range(r0, r1, LOSS_BLOCK):
+            _loss_delta_rows(row_loss, logits, tgt, loss, b0, min2(r1, b0 + LOSS_BLOCK))
+        value = np.float64(0)
+        if nch == 1:
+            value = batch_loss(row_loss, SW, index, start, wsum, B, logits.shape[1], loss)
+            if not np.isfinite(value):
+                return value
+        if SW.shape[0] > 0:  # each row's delta (which holds 1/B) scaled by w_b B / sum w
+            for b in range(r0, r1):
+                f = SW[index[start + b]] * B / wsum
+                for o in range(logits.shape[1]):
+                    logits[b, o] *= f
+        g = grads if k == 0 else delta_buf[parts + (k - 1) * P:parts + k * P]
+        network_backward(g, delta_buf, parts // 2, params, inp, act_buf, layout, acts,
+                         sgd if nch == 1 else sgd[:0], 0, r0, r1)
+        return value
+    return chunk
+
+
+# One per loss, the loss a constant of each, linked into the drivers (as their other kernels),
+# which call it through its address (``address_of``): the one copy of its code, the whole
+# network's forward and backward pass, that the runner calls as well.
+CHUNK = tuple(_chunk_kernel(c) for c in LOSS_CODES)
+_CHUNK_BCE, _CHUNK_CE, _CHUNK_MSE, _CHUNK_POISSON = CHUNK
+
+
+def _fingerprint_of(ty):
+    """A number that names the Numba type ``ty``, the same in every process (not ``hash``: a
+    string's is salted per process, and cached code keeps what it was compiled with)."""
+    return zlib.crc32(str(ty).encode())
+
+
+def _star(args):
+    """The arguments of an intrinsic's ``*args``: one StarArgTuple, as Numba types the call
+    (or, when it types the call again, the arguments one by one)."""
+    if len(args) == 1 and isinstance(args[0], types.StarArgTuple):
+        return args[0]
+    return types.StarArgTuple(args)
+
+
+@intrinsic
+def fingerprint(typingctx, *args):
+    """``_fingerprint_of`` the types of the arguments, a constant of the compiled code."""
+    packed = _star(args)
+
+    def codegen(context, builder, signature, llargs):
+        return context.get_constant(types.int64, _fingerprint_of(types.Tuple(packed.types)))
+    return types.int64(packed), codegen
+
+
+@intrinsic
+def call_at(typingctx, address, like, *args):
+    """Call the compiled function at ``address`` (int64), a ``CHUNK`` or the ``CHUNK_RUNNER``,
+    with (fingerprint(*args), *args) in Numba's own calling convention; returns its result, of
+    the type of ``like``.
+
+    Numba compiles a function into machine code of its own with this convention for its
+    arguments' types; a caller that passes other types than the function was compiled for would
+    hand it a different layout of arguments. The fingerprint goes first, where the runner reads
+    an int64 whatever its other arguments, and one compiled for other types reads no other: it
+    returns False, and the caller runs the chunks itself. A chunk's address comes from its
+    caller's own code (``address_of``), compiled for the caller's arguments."""
+    packed = _star(args)
+    restype = types.unliteral(like)
+
+    def codegen(context, builder, signature, llargs):
+        argtys = [types.int64, packed]
+        values = [context.get_constant(types.int64, _fingerprint_of(types.Tuple(packed.types))),
+                  llargs[2]]
+        fnty = context.call_conv.get_function_type(restype, argtys)
+        fn = builder.inttoptr(llargs[0], fnty.as_pointer())
+        status, result = context.call_conv.call_function(builder, fn, restype, argtys, values)
+        with cgutils.if_unlikely(builder, status.is_error):
+            context.call_conv.return_status_propagate(builder, status)
+        return result
+    return restype(address, like, packed), codegen
+
+
+@intrinsic
+def address_of(typingctx, kernel, *args):
+    """The address of the machine code of ``kernel`` (an ``inner`` dispatcher) compiled for
+    (int64, *args), the layout ``call_at`` calls with: its code linked into the caller's, once,
+    however often called there or through the address elsewhere."""
+    packed = _star(args)
+    argtypes = (types.int64, packed)
+    typingctx.resolve_function_type(kernel, (types.int64,) + tuple(packed.types), {})
+
+    def codegen(context, builder, signature, llargs):
+        compiled = kernel.dispatcher.overloads[argtypes]
+        context.add_linking_libs([compiled.library])
+        fn = context.declare_function(builder.module, compiled.fndesc)
+        return builder.ptrtoint(fn, context.get_value_type(types.int64))
+    return types.int64(kernel, packed), codegen
+
+
+@njit(cache=True, inline="always")
+def _chunk_address(loss, k, correct, grads, params, X, Y, SW, index, start, first, layout, acts,
+                   inp_buf, tgt_buf, act_buf, delta_buf, parts, row_loss, wsum, sgd, B, nch):
+    """address_of(CHUNK[loss], k, ...) for a caller whose loss is a constant (see
+    _batch_layers)."""
+    if loss == LOSS_BCE:
+        chunk = _CHUNK_BCE
+    elif loss == LOSS_CE:
+        chunk = _CHUNK_CE
+    elif loss == LOSS_MSE:
+        chunk = _CHUNK_MSE
+    else:
+        chunk = _CHUNK_POISSON
+    return address_of(chunk, k, correct, grads, params, X, Y, SW, index, start, first, layout,
+                      acts, inp_buf, tgt_buf, act_buf, delta_buf, parts, row_loss, wsum, sgd, B,
+                      nch)
+
+
+@njit(cache=True, parallel=True, nogil=True, **NO_WRAPPERS)
+def run_chunks(fp, *args):
+    """The row chunks of a batch, one ``prange`` task each, args (the address of the CHUNK for
+    the loss, compiled for these arguments, *CHUNK_ARGS), if fp is the fingerprint of args' types
+    (see call_at): True; else nothing, False."""
+    if fp != fingerprint(*args):
+        return False
+    (chunk_at, correct, grads, params, X, Y, SW, index, start, first, layout, acts, inp_buf,
+     tgt_buf, act_buf, delta_buf, parts, row_loss, wsum, sgd, B, nch) = args
+    for k in prange(nch):
+        call_at(chunk_at, np.float64(0), np.int64(k), correct, grads, params, X, Y, SW, index,
+                start, first, layout, acts, inp_buf, tgt_buf, act_buf, delta_buf, parts, row_loss,
+                wsum, sgd, B, nch)
+    return True
+
+
+# The row chunks across Numba's threads: compiled apart from the drivers, which call it through
+# its address (``_chunks`` compiles it in the background, on the first fit that runs chunks: a
+# prange loop costs a compile of about a second however small, which a first fit should not wait
+# for). The drivers run the same chunks one after another until then, which gives the same bits:
+# each chunk writes its own rows and gradient buffer, and the buffers are added in order
+# afterwards. The chunk's code is its own (CHUNK), so one runner serves every loss.
+CHUNK_RUNNER = run_chunks
+
+
+@njit(cache=True, inline="always")
+def _in_chunks(loss, grads, params, X, Y, SW, index, start, stop, first, layout, acts, inp_buf,
+               tgt_buf, act_buf, delta_buf, row_loss, correct, sgd, run_at):
+    """``batch_gradients_layers`` for dense input in row chunks (``row_chunks``; one chunk, the
+    whole batch, below its sizes): through the runner at address ``run_at`` (CHUNK_RUNNER
+    compiled for this batch's chunk arguments, see _chunks) when it is not 0, else one after the
+    other here (the same bits). Either way CHUNK[loss] runs through its address, one copy of its
+    code."""
+    B = stop - start
+    P = params.shape[0]
+    nch = row_chunks(B, layout)
+    parts = delta_buf.shape[0] - (nch - 1) * P  # the chunks' gradients after the slots
+    wsum = weight_sum(SW, index, start, stop) if SW.shape[0] > 0 else np.float64(B)
+    chunk_at = _chunk_address(loss, np.int64(0), correct, grads, params, X, Y, SW, index, start,
+                              first, layout, acts, inp_buf, tgt_buf, act_buf, delta_buf, parts,
+                              row_loss, wsum, sgd, B, nch)
+    ran = nch > 1 and run_at != 0 and call_at(
+        run_at, False, chunk_at, correct, grads, params, X, Y, SW, index, start, first, layout,
+        acts, inp_buf, tgt_buf, act_buf, delta_buf, parts, row_loss, wsum, sgd, B, nch)
+    value = np.float64(0)
+    if ran:
+        correct[1] += 1
+    else:
+        for k in range(nch):
+            value = call_at(chunk_at, value, np.int64(k), correct, grads, params, X, Y, SW, index,
+                            start, first, layout, acts, inp_buf, tgt_buf, act_buf, delta_buf,
+                            parts, row_loss, wsum, sgd, B, nch)
+    for k in range(nch):
+        correct[0] += correct[2 + k]
+    if nch > 1:
+        value = batch_loss(row_loss, SW, index, start, wsum, B,
+                           layout[layout.shape[0] - 1, LAY_OC], loss)
+        if np.isfinite(value):
+            for k in range(1, nch):
+                g = delta_buf[parts + (k - 1) * P:parts + k * P]
+                for i in range(P):
+                    grads[i] += g[i]
+            if sgd.shape[0] > 0:
+                _sgd_step(params, grads, sgd[0])
+    return value
+
+
 def _batch_gradients_layers(loss):
     """``batch_gradients`` through the per-layer kernels for the loss code ``loss`` (see
     BATCH_LAYERS)."""
@@ -1116,54 +1433,47 @@ def _batch_gradients_layers(loss):
         backward); a sparse X (Xs) goes through the sparse first layer instead of being
         gathered. sgd (1,) = (lr,), dense input only: plain SGD's step is taken in the backward
         pass instead of leaving the gradients (see network_backward); not taken when the loss is
-        not finite."""
+        not finite. The whole batch at once (a network run in row chunks: ``_in_chunks``)."""
         B = stop - start
+        T = Y.shape[1]
+        tgt = matrix(tgt_buf[:B * T], B, T)
+        L = layout.shape[0]
+        logits = activation_view(act_buf, layout, B, L - 1)
         # Xs None (dense input): the sparse branches below are pruned before typing, so a dense
-        # fit never compiles the sparse kernels (`Xs is not None` must be the test itself)
-        first = -1
+        # fit never compiles the sparse kernels (`Xs is None` must be the test itself)
         if Xs is None:
             first = _first_of_run(index, start, stop)
-        C0 = X.shape[1]
-        if Xs is not None or first >= 0:
-            C0 = 0  # sparse, or rows read in place: only the targets are gathered
-        T = Y.shape[1]
-        inp = matrix(inp_buf[:B * C0], B, C0)
-        tgt = matrix(tgt_buf[:B * T], B, T)
-        gather_rows(inp, tgt, X, Y, index, start)
-        if first >= 0:
-            # consecutive rows (an epoch in order) are read where they are: the copy cost a W2
-            # step 7% (33 of 440 us)
-            inp = X[first:first + B]
-        if Xs is not None:
-            sparse_network_forward(act_buf, params, Xs, index, start, B, layout, acts)
+            gathered, inp, _ = batch_views(X, Y, inp_buf, tgt_buf, first, B)
+            gather_rows(gathered, tgt, X, Y, index, start)
+            network_forward(act_buf, params, inp, layout, acts, 0, 0, B)
         else:
-            network_forward(act_buf, params, inp, layout, acts)
-        logits = activation_view(act_buf, layout, B, layout.shape[0] - 1)
+            inp = matrix(inp_buf[:0], B, 0)  # only gives B: the targets alone are gathered
+            gather_rows(inp, tgt, X, Y, index, start)
+            sparse_network_forward(act_buf, params, Xs, index, start, B, layout, acts)
         correct[0] += count_correct(logits, tgt, loss)
         value = loss_forward_backward(row_loss[:B], logits, tgt, loss)  # logits now hold the delta
         if SW.shape[0] > 0:
             # Weighted mean, as scikit-learn: sum_b w_b loss_b / sum_b w_b; each row's delta
             # (which holds 1/B) is scaled by w_b B / sum w.
             wsum = weight_sum(SW, index, start, stop)
-            total = np.float64(0)
-            for b in range(B):
-                total += SW[index[start + b]] * row_loss[b]
-            value = total / wsum / (1 if loss == LOSS_CE else logits.shape[1])
-        if np.isfinite(value):
+            value = batch_loss(row_loss, SW, index, start, wsum, B, logits.shape[1], loss)
+        if np.isfinite(value):  # plain SGD's step taken only for a finite loss
             if SW.shape[0] > 0:
                 for b in range(B):
                     f = SW[index[start + b]] * B / wsum
                     for o in range(logits.shape[1]):
                         logits[b, o] *= f
-            if Xs is not None:
-                dout = network_backward(grads, delta_buf, params, inp, act_buf, layout, acts,
-                                        sgd[:0], 1)
+            half = delta_buf.shape[0] // 2
+            if Xs is None:
+                network_backward(grads, delta_buf, half, params, inp, act_buf, layout, acts, sgd,
+                                 0, 0, B)
+            else:
+                dout = network_backward(grads, delta_buf, half, params, inp, act_buf, layout,
+                                        acts, sgd[:0], 1, 0, B)
                 dW0, db0 = layer_views(grads, layout, 0)
                 sparse_backward(dW0, db0, dout, activation_view(act_buf, layout, B, 0),
                                 out_act(acts, layout.shape[0], 0), Xs[0], Xs[1], Xs[2], index,
                                 start)
-            else:
-                network_backward(grads, delta_buf, params, inp, act_buf, layout, acts, sgd)
         return value
     return batch_gradients_layers
 
@@ -1175,25 +1485,41 @@ BATCH_LAYERS = tuple(_batch_gradients_layers(c) for c in LOSS_CODES)
 _LAYERS_BCE, _LAYERS_CE, _LAYERS_MSE, _LAYERS_POISSON = BATCH_LAYERS
 
 
-@njit(cache=True, inline="always")
 def _batch_layers(loss, grads, params, X, Xs, Y, SW, index, start, stop, layout, acts, inp_buf,
-                  tgt_buf, act_buf, delta_buf, row_loss, correct, sgd):
-    """BATCH_LAYERS[loss](...) for the drivers, whose loss is a constant: inlined, the other
-    branches are pruned, leaving one direct call. (The drivers cannot hold the kernel itself: a
-    closure's variables key Numba's disk cache, and a dispatcher's pickle differs from process to
-    process, so nothing would be found there; indexed from the global tuple, Numba takes the
-    tuple for first-class functions, an experimental feature.)"""
-    if loss == LOSS_BCE:
-        return _LAYERS_BCE(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts,
-                           inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct, sgd)
-    if loss == LOSS_CE:
-        return _LAYERS_CE(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts, inp_buf,
+                  tgt_buf, act_buf, delta_buf, row_loss, correct, sgd, runner):
+    """A batch's gradients for the drivers, whose loss is a constant: BATCH_LAYERS[loss](...),
+    or, with runner not None (a network run in row chunks: the runner's address or 0),
+    ``_in_chunks``. Compiled, the choice is made from the types (``_batch_layers_compiled``), so
+    a driver holds the code of one of the two (Numba prunes a branch on ``runner is None`` before
+    typing only when runner is None, not when it is a number). This plain function runs with
+    Numba's JIT off (no chunks then, see engine._chunked)."""
+    return BATCH_LAYERS[loss](grads, params, X, Xs, Y, SW, index, start, stop, layout, acts,
+                              inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct, sgd)
+
+
+@overload(_batch_layers, jit_options=LINKED, prefer_literal=True)
+def _batch_layers_compiled(loss, grads, params, X, Xs, Y, SW, index, start, stop, layout, acts,
+                           inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct, sgd, runner):
+    if not isinstance(loss, types.IntegerLiteral):
+        return None  # the drivers' loss is a constant
+    code = loss.literal_value
+    if isinstance(runner, types.NoneType):
+        # the kernel held by this implementation, not by a driver (see _batch_layers' note on
+        # the cache: an overload's closure is not part of its callers' cache key)
+        kernel = BATCH_LAYERS[code]
+
+        def whole(loss, grads, params, X, Xs, Y, SW, index, start, stop, layout, acts, inp_buf,
+                  tgt_buf, act_buf, delta_buf, row_loss, correct, sgd, runner):
+            return kernel(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts, inp_buf,
                           tgt_buf, act_buf, delta_buf, row_loss, correct, sgd)
-    if loss == LOSS_MSE:
-        return _LAYERS_MSE(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts,
-                           inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct, sgd)
-    return _LAYERS_POISSON(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts, inp_buf,
-                           tgt_buf, act_buf, delta_buf, row_loss, correct, sgd)
+        return whole
+
+    def chunks(loss, grads, params, X, Xs, Y, SW, index, start, stop, layout, acts, inp_buf,
+               tgt_buf, act_buf, delta_buf, row_loss, correct, sgd, runner):
+        return _in_chunks(code, grads, params, X, Y, SW, index, start, stop,
+                          _first_of_run(index, start, stop), layout, acts, inp_buf, tgt_buf,
+                          act_buf, delta_buf, row_loss, correct, sgd, runner)
+    return chunks
 
 
 @njit(cache=True, inline="always")
@@ -1330,10 +1656,10 @@ def _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout, 
 def _batch_gradients(fused, loss):
     """batch_gradients for networks run by the fused loop (fused True) or by the per-layer
     kernels, for the loss code ``loss`` (see BATCH_GRADIENTS)."""
-    @njit(cache=True)
+    @njit(cache=True, nogil=True)
     @distinct(int(fused), loss)
     def batch_gradients(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts, l2,
-                        inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct):
+                        inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct, runner):
         """grads (P,) = the gradient of the mean loss over the rows index[start:stop] of X
         (N, C_0), Y (N, T); returns that mean loss. After a non-finite loss grads are not to be
         used.
@@ -1351,7 +1677,7 @@ def _batch_gradients(fused, loss):
         act_buf, delta_buf and row_loss workspaces for at least stop - start rows. The fused
         loop (``fused`` True): networks too small for BLAS, dense input. correct (1,): the
         batch's correctly classified rows are added to it (bce and cross-entropy; see
-        count_correct).
+        count_correct). runner: see batch_gradients_layers (None for the fused loop).
         """
         if fused:
             value = _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout,
@@ -1359,7 +1685,7 @@ def _batch_gradients(fused, loss):
         else:
             value = _batch_layers(loss, grads, params, X, Xs, Y, SW, index, start, stop, layout,
                                   acts, inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct,
-                                  params[:0])
+                                  params[:0], runner)
         if l2 is None:
             return value
         return _with_l2(value, grads, params, layout, SW, index, start, stop, l2)
@@ -1393,11 +1719,12 @@ def _with_l2(value, grads, params, layout, SW, index, start, stop, l2):
 def _train_epochs(fused, loss):
     """train_epochs for networks run by the fused loop (fused True) or by the per-layer kernels,
     for the loss code ``loss`` (see TRAIN_EPOCHS)."""
-    @njit(cache=True)
+    @njit(cache=True, nogil=True)
     @distinct(int(fused), loss)
     def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, rng, lrs,
                      layout, acts, batch_size, opt, hyper, l2,
-                     inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct, backup, bound):
+                     inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct, backup, bound,
+                     runner):
         """Minibatch training for E = epoch_loss.shape[0] epochs, all inside compiled code.
 
         X (M, C_0), Xs, Y (M, T), SW (M,) or (0,) and l2 as for ``batch_gradients``;
@@ -1421,7 +1748,9 @@ def _train_epochs(fused, loss):
         of one batch an epoch with plain SGD through the per-layer kernels, else None (the
         engine decides): such an epoch over all the rows makes no backup when ``bounded_step``
         proves that its step leaves every parameter finite (bound its workspace); a non-finite
-        loss then means that no step was taken, and nothing needs restoring.
+        loss then means that no step was taken, and nothing needs restoring. runner: see
+        batch_gradients_layers (None for the fused loop). Compiled without the GIL: a runner
+        compiles on another thread meanwhile (``_chunks``).
 
         Returns the number of epochs completed. Fewer than E means the loss or a parameter went
         non-finite in the next epoch; params, state, step and rng are then restored to their
@@ -1486,7 +1815,7 @@ def _train_epochs(fused, loss):
                 else:
                     value = _batch_layers(loss, grads, params, X, Xs, Y, SW, index, start, stop,
                                           layout, acts, inp_buf, tgt_buf, act_buf, delta_buf,
-                                          row_loss, correct, sgd)
+                                          row_loss, correct, sgd, runner)
                 if l2 is not None:
                     value = _with_l2(value, grads, params, layout, SW, index, start, stop, l2)
                 if not np.isfinite(value):
@@ -1543,7 +1872,7 @@ def _evaluate(loss):
             if Xs is not None:
                 sparse_network_forward(act_buf, params, Xs, index, start, B, layout, acts)
             else:
-                network_forward(act_buf, params, X[start:start + B], layout, acts)
+                network_forward(act_buf, params, X[start:start + B], layout, acts, 0, 0, B)
             logits = activation_view(act_buf, layout, B, L - 1)
             if with_loss:
                 total += loss_forward(row_loss[:B], logits, Y[start:start + B], loss) * B

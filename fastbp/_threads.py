@@ -3,11 +3,20 @@
 Measured on the 2-core development machines: Numba's OpenMP workers spin for a while after each
 parallel region, and OpenBLAS's workers spin too; with both pools at 2 threads, minibatch training
 (W2) ran 30-60x slower than with either pool alone. So only one pool runs more than one thread at a
-time. A network whose dense layers go through BLAS gives BLAS the threads (gemm is where its time
-goes) and runs Numba's elementwise loops on one thread; a network of small layers, which never calls
-BLAS, gives Numba the threads. The budget is ``numba.get_num_threads()``, the user's own setting.
-Both settings are restored on exit. The results do not depend on the split: every kernel writes
-each element from one thread in a fixed order, and gemm partitions its output, not its sums.
+time:
+
+- a network whose batches run in row chunks (``_kernels.row_chunks``) gives Numba the threads and
+  BLAS one: each chunk, one per Numba thread, calls BLAS on its own rows
+  (``_kernels.CHUNK_RUNNER``). Validation inside such a fit keeps its split (the outermost
+  context sets BLAS's threads): OpenBLAS's workers, once woken, spin for about 2^28 cycles, and
+  Numba's chunks ran at one core's speed while they did (measured);
+- another network that calls BLAS gives BLAS the threads (gemm is where its time goes) and runs
+  Numba's elementwise loops on one thread;
+- a network too small for BLAS gives Numba the threads.
+
+The budget is ``numba.get_num_threads()``, the user's own setting. Both settings are restored on
+exit. The results do not depend on the split: every kernel writes each element from one thread in
+a fixed order, gemm partitions its output, not its sums, and the chunks are fixed by the shapes.
 """
 import threading
 from contextlib import nullcontext
@@ -45,18 +54,24 @@ _user_blas = None
 
 class _Split:
     """compute()'s context for a network that calls BLAS (a class: a 1-epoch fit notices a
-    generator's cost)."""
+    generator's cost): BLAS at one thread and Numba at the budget (``numba_owns``), or the other
+    way round."""
 
-    __slots__ = ("budget",)
+    __slots__ = ("budget", "numba_owns")
+
+    def __init__(self, numba_owns):
+        self.numba_owns = numba_owns
 
     def __enter__(self):
         global _inside, _user_blas
         self.budget = numba.get_num_threads()
         with _lock:
             if _inside == 0:
-                _user_blas = _blas().limit(limits=self.budget, user_api="blas")
+                _user_blas = _blas().limit(limits=1 if self.numba_owns else self.budget,
+                                           user_api="blas")
             _inside += 1
-        numba.set_num_threads(1)
+        if not self.numba_owns:
+            numba.set_num_threads(1)
 
     def __exit__(self, *exc):
         global _inside, _user_blas
@@ -69,11 +84,11 @@ class _Split:
         return False
 
 
-def compute(uses_blas):
-    """The context to run in for a network that does (or does not) call BLAS: the threads split
-    between Numba and BLAS; the user's settings come back afterwards, also on error and under
-    concurrent fits."""
-    return _Split() if uses_blas else _NO_SPLIT
+def compute(uses_blas, small_layers=False):
+    """The context to run in for a network that does (or does not) call BLAS, of small layers
+    (run in row chunks) or not: the threads split between Numba and BLAS; the user's settings
+    come back afterwards, also on error and under concurrent fits."""
+    return _Split(small_layers) if uses_blas else _NO_SPLIT
 
 
 _NO_SPLIT = nullcontext()  # stateless, so one serves every call

@@ -29,6 +29,7 @@ import warnings
 import numpy as np
 
 from . import Network
+from . import _chunks
 from . import workloads as wl
 from .baseline import LeanMLP
 
@@ -46,6 +47,10 @@ class FastbpTrainer:
     def run(self, epochs):
         self.net.fit(self.X, self.y, epochs=epochs, lr=self.w.lr, batch_size=self.w.batch,
                      shuffle=False)
+        # a network run in row chunks asks for their runner on its first fit, which compiles it
+        # in the background (see _chunks): the warm-up call waits for it as for its own compile
+        # (nothing to wait for afterwards)
+        _chunks.wait()
 
 
 class NumpyTrainer(FastbpTrainer):

@@ -14,11 +14,17 @@ two ways of stepping through an epoch.
 import time
 
 import numpy as np
+from numba.core import config
 
 from . import _kernels as K
+from . import _chunks
 from . import _pcg
-from . import _threads
 from . import _validate as check
+
+# _kernels.small_layers and row_chunks on a layout, from Python (their plain functions: no
+# compile for a check)
+_small_layers = getattr(K.small_layers, "py_func", K.small_layers)
+_row_chunks = getattr(K.row_chunks, "py_func", K.row_chunks)
 
 # Compiled calls are bounded in time, so that Ctrl-C is seen within a fraction of a second: the
 # first call of a run takes on WORK_PER_CALL work, in (rows + 4 x optimiser steps) x parameters
@@ -52,9 +58,15 @@ def workspaces(net, rows, targets):
     return (np.empty(rows * net.sizes[0], net.dtype),      # inp_buf: the gathered batch
             np.empty(rows * targets, net.dtype),           # tgt_buf: its targets
             np.empty(rows * sum(widths), net.dtype),       # act_buf: every layer's output
-            np.empty(2 * rows * max(widths), net.dtype),   # delta_buf: two slots of deltas
+            # delta_buf: two slots of deltas (batches of rows at the widest layer), then for a
+            # network of small layers a gradient buffer for each row chunk but the first (see
+            # _kernels.row_chunks)
+            np.empty(2 * rows * max(widths)
+                     + (K.CHUNKS - 1) * net.n_params * _small_layers(net._layout), net.dtype),
             np.empty(rows, np.float64),                    # row_loss
-            np.zeros(1))                                   # correct: rows classified right
+            # correct: rows classified right, batches run by the row chunks' runner (see
+            # _chunks), each chunk's rows classified right
+            np.zeros(2 + K.CHUNKS))
 
 
 def _scratch(net, rows, targets):
@@ -89,13 +101,34 @@ def kept_nbytes(kept):
                                                  if k not in ("key", "ws"))))
 
 
+def _chunked(net, rows, Xs):
+    """Whether training batches of ``rows`` rows run in row chunks (_kernels.row_chunks): dense
+    input through the per-layer kernels (``_kernels.fused_loop`` False). Not with Numba's JIT
+    off (NUMBA_DISABLE_JIT, for debugging): the chunks' code is called through its compiled
+    address."""
+    return (Xs is None and not config.DISABLE_JIT and net._blas_sized(rows)
+            and _row_chunks(rows, net._layout) > 1)
+
+
+def _call(driver, key, *args):
+    """driver(*args, runner): runner the address of the row chunks' runner that key names, or 0
+    (none yet), or None for key None (a network that does not run in chunks: the chunks' code
+    is pruned from the driver it compiles); after the call, the runner's compile is asked for
+    (see _chunks.request)."""
+    if key is None:
+        return driver(*args, None)
+    result = driver(*args, _chunks.address(key))
+    _chunks.request(key)
+    return result
+
+
 class Engine:
     """Compiled training of ``net`` on ``data`` (data.TrainData) with ``state`` (state.TrainState).
     Allocates everything once; ``reducer`` (distributed.Reducer) for data-parallel steps."""
 
     def __init__(self, net, data, state, l2, reducer=None):
         self.net, self.data, self.state, self.reducer = net, data, state, reducer
-        rows = data.rows_per_step
+        self.rows = rows = data.rows_per_step
         self.blas = net._blas_sized(rows)
         self.work_per_call = WORK_PER_CALL * (BLAS_WORK_FACTOR if self.blas else 1)
         work = epoch_work(data.n, data.batch, net.n_params)
@@ -123,6 +156,9 @@ class Engine:
         self.bound = (np.empty((3, net._layout.shape[0]))
                       if not fused and self._hyper is None and one_batch else None)
         loss = net._loss.code
+        # batches in row chunks (see _chunks): the runner's key for run_epochs' arrays, once known
+        self.chunked = _chunked(net, rows, data.Xs)
+        self._run_key = None
         self._train = K.TRAIN_EPOCHS[fused][loss]
         self._gradients = K.BATCH_GRADIENTS[fused][loss]
         if reducer is not None:
@@ -132,7 +168,16 @@ class Engine:
 
     def threads(self):
         """The thread split for this network (see _threads.compute)."""
-        return _threads.compute(self.blas)
+        return self.net._compute(self.rows)
+
+    def _key(self, X, Y, SW, index):
+        """The row chunks' runner's key for a call on these arrays (index one row of the
+        orders), or None for a network that does not run in chunks (see _chunks)."""
+        if not self.chunked:
+            return None
+        net = self.net
+        return _chunks.key(net._loss.code, _chunks.arguments(
+            self.grads, net._params, X, Y, SW, index, net._layout, net._acts, self.ws))
 
     # ---------------------------------------------------------------- backup, restore, check
 
@@ -191,8 +236,10 @@ class Engine:
         if rng is not None:
             order, words = self.drawn_orders()
             _pcg.load(rng, words)
-        done = self._train(net._params, opt.state, step, self.grads, losses, d.X, d.Xs, d.Y,
-                           d.SW, order, words, lrs, *self._fixed)
+        if self.chunked and self._run_key is None:
+            self._run_key = self._key(d.X, d.Y, d.SW, order[0])
+        done = _call(self._train, self._run_key, net._params, opt.state, step, self.grads,
+                     losses, d.X, d.Xs, d.Y, d.SW, order, words, lrs, *self._fixed)
         if rng is not None:
             _pcg.store(rng, words)
         opt.step = int(step[0])
@@ -254,10 +301,11 @@ class Engine:
         X, Xs, Y, SW, index, _ = block
         d, opt = self.data, self.state.optimizer
         step = np.array([opt.step], dtype=np.int64)
-        done = self._train(self.net._params, opt.state, step, self.grads, total, X, Xs, Y, SW,
-                           np.ascontiguousarray(index)[None, :], self.no_rng, lrs,
-                           self.net._layout, self.net._acts, d.batch, opt.code,
-                           self._hyper, self._l2, *self.ws, self.no_backup, self.bound)
+        order = np.ascontiguousarray(index)[None, :]
+        done = _call(self._train, self._key(X, Y, SW, order[0]), self.net._params, opt.state,
+                     step, self.grads, total, X, Xs, Y, SW, order, self.no_rng, lrs,
+                     self.net._layout, self.net._acts, d.batch, opt.code, self._hyper, self._l2,
+                     *self.ws, self.no_backup, self.bound)
         opt.step = int(step[0])
         return bool(done)
 
@@ -292,8 +340,9 @@ class Engine:
             return
         correct = self.ws[-1]
         correct[0] = 0
-        value = self._gradients(self.grads, self.net._params, X, Xs, Y, SW, index, start, stop,
-                                self.net._layout, self.net._acts, None, *self.ws)
+        value = _call(self._gradients, self._key(X, Y, SW, index), self.grads,
+                      self.net._params, X, Xs, Y, SW, index, start, stop, self.net._layout,
+                      self.net._acts, None, *self.ws)
         np.multiply(self.grads, weight, out=buf[:P])
         buf[P], buf[P + 1], buf[P + 2], buf[P + 3] = value * weight, weight, b, correct[0]
 
@@ -336,28 +385,33 @@ class FullBatch:
         else:
             self.X, self.Xs = X, None  # dense: see _kernels.batch_gradients
         self.index = np.arange(n, dtype=np.int64)
+        self.rows = n
         self.blas = net._blas_sized(n)
         self.gradients = K.BATCH_GRADIENTS[K.fused_loop(self.blas, self.Xs)][net._loss.code]
         self.ws = workspaces(net, n, Y.shape[1])
         self.grads = np.empty_like(net._params)
+        self.key = None  # the row chunks' runner's (see _chunks)
+        if _chunked(net, n, self.Xs):
+            self.key = _chunks.key(net._loss.code, _chunks.arguments(
+                self.grads, net._params, X, Y, SW, self.index, net._layout, net._acts, self.ws))
 
     def threads(self):
-        return _threads.compute(self.blas)
+        return self.net._compute(self.rows)
 
     def __call__(self):
         """(mean loss, gradient (P,)) at the network's parameters now; the gradient is not
         computed when the loss is not finite."""
         net = self.net
-        value = self.gradients(self.grads, net._params, self.X, self.Xs, self.Y, self.SW,
-                               self.index, 0, self.index.shape[0], net._layout, net._acts, None,
-                               *self.ws)
+        value = _call(self.gradients, self.key, self.grads, net._params, self.X, self.Xs,
+                      self.Y, self.SW, self.index, 0, self.index.shape[0], net._layout,
+                      net._acts, None, *self.ws)
         return value, self.grads
 
 
 def precompile(dtypes=check.FLOAT_DTYPES):
     """Compile (or load from Numba's disk cache) every kernel fastbp calls, for each dtype, so
     that the first real fit starts at once: ``fastbp.precompile()``, or ``python -m fastbp
-    --precompile`` after installing. Every path and loss: 1.5-2 minutes a dtype on 2 cores (each
+    --precompile`` after installing. Every path and loss: 2-3 minutes a dtype on 2 cores (each
     fit compiles only its own, see _kernels.TRAIN_EPOCHS). dtypes: one dtype, or several
     (float32, float64; names, types or dtypes), all checked before anything compiles. Returns the
     seconds each dtype took, by name."""
@@ -375,22 +429,26 @@ def precompile(dtypes=check.FLOAT_DTYPES):
     for dtype in dtypes:
         t0 = time.perf_counter()
         rng = np.random.default_rng(0)
-        for sizes in ([3, 4, 2], [64, 64, 2]):  # the fused loop, and the per-layer kernels
-            X = rng.standard_normal((64, sizes[0])).astype(dtype)
+        # the fused loop; the per-layer kernels on whole batches; and in row chunks (batches of
+        # 128 rows or more, see _kernels.row_chunks): rows, and the batch of several an epoch
+        for sizes, n, several in (([3, 4, 2], 64, 32), ([64, 64, 2], 64, 32),
+                                  ([64, 64, 2], 256, 128)):
+            X = rng.standard_normal((n, sizes[0])).astype(dtype)
             for loss, kind in LOSSES.items():  # TRAIN_EPOCHS has one function per loss
-                y = (rng.integers(0, 2, 64) if kind.targets == "labels"
-                     else rng.integers(0, 2, (64, 2)).astype(dtype))  # 0/1: binary, real, counts
+                y = (rng.integers(0, 2, n) if kind.targets == "labels"
+                     else rng.integers(0, 2, (n, 2)).astype(dtype))  # 0/1: binary, real, counts
                 net = Network(sizes, loss=loss, seed=0, dtype=dtype)
                 # and per plan: plain SGD, an optimiser, an optimiser with the estimators' L2
                 # penalty (see _kernels.plan)
-                net.fit(X, y, epochs=1, batch_size=64, validation_data=(X, y), optimizer="adam")
-                net.fit(X, y, epochs=1, batch_size=64, optimizer="adam", l2=(1e-4, 1e-4))
-                net.fit(X, y, epochs=1, batch_size=64)  # one batch an epoch (bounded_step)
-                net.fit(X, y, epochs=1, batch_size=32)  # and several
+                net.fit(X, y, epochs=1, batch_size=n, validation_data=(X, y), optimizer="adam")
+                net.fit(X, y, epochs=1, batch_size=n, optimizer="adam", l2=(1e-4, 1e-4))
+                net.fit(X, y, epochs=1, batch_size=n)  # one batch an epoch (bounded_step)
+                net.fit(X, y, epochs=1, batch_size=several)  # and several
                 net.predict(X)
                 net.gradients(X, y)
                 full = FullBatch(net, X, net._XY(X, y)[1], np.empty(0, dtype))
                 with full.threads():
                     full()
+        _chunks.wait()  # the row chunks' runners, compiled in the background
         seconds[dtype.name] = time.perf_counter() - t0
     return seconds

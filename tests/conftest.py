@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -40,3 +42,45 @@ def out_width(loss):
 @pytest.fixture
 def torch():
     return pytest.importorskip("torch")
+
+
+# ``python -m fastbp --precompile float64`` into an empty cache takes two to three minutes of one
+# core, which test_first_hour's precompile test needs. Started when the session's tests are
+# known, in the background at the lowest priority, it compiles on the core the suite leaves idle
+# (most tests compile or run on one thread) and is done by the time that test runs.
+PRECOMPILE_TEST = "test_after_precompile_common_fits_compile_nothing"
+
+
+def pytest_collection_finish(session):
+    import subprocess
+    import sys
+    import tempfile
+    if not any(item.name == PRECOMPILE_TEST for item in session.items):
+        return
+    cache = tempfile.mkdtemp(prefix="fastbp-precompile-")
+    env = dict(os.environ, NUMBA_CACHE_DIR=os.path.join(cache, "cache"), PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable, "-m", "fastbp", "--precompile", "float64"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: os.nice(19))
+    session.config.stash[_PRECOMPILE] = (proc, cache)
+
+
+_PRECOMPILE = pytest.StashKey()
+
+
+def pytest_sessionfinish(session):
+    import shutil
+    started = session.config.stash.get(_PRECOMPILE, None)
+    if started is not None:
+        started[0].kill()
+        started[0].communicate()
+        shutil.rmtree(started[1], ignore_errors=True)
+
+
+@pytest.fixture
+def precompiled(request):
+    """(the finished ``--precompile float64`` process's (returncode, stdout, stderr), its
+    NUMBA_CACHE_DIR), started in the background when the session began (see above)."""
+    proc, cache = request.config.stash[_PRECOMPILE]
+    out, err = proc.communicate(timeout=900)
+    return (proc.returncode, out, err), os.path.join(cache, "cache")

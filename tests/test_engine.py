@@ -64,10 +64,11 @@ KERNEL_CALLER = textwrap.dedent("""
     params = rng.standard_normal(32)
     X, Y = rng.standard_normal((11, 3)), rng.standard_normal((11, 2))
     grads = np.empty(32)
-    ws = (np.empty(33), np.empty(22), np.empty(77), np.empty(110), np.empty(11), np.zeros(1))
+    ws = (np.empty(33), np.empty(22), np.empty(77), np.empty(110), np.empty(11),
+          np.zeros(2 + K.CHUNKS))
     v = K.BATCH_GRADIENTS[False][K.LOSS_MSE](grads, params, X, None, Y, np.empty(0),
                                              np.arange(11), 0, 11, layout, np.array([3]),
-                                             np.zeros(2), *ws)
+                                             np.zeros(2), *ws, None)
     assert np.isfinite(v)
     print("ok")
 """)

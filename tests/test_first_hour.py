@@ -101,9 +101,12 @@ def test_summary_lists_layers_parameters_dtype_and_memory():
     assert "kept for the next fit" not in text
     X, y = make_data("cross_entropy", 50, 4, 3, seed=3)
     net.fit(X.astype(np.float32), y, epochs=1, batch_size=10)
-    # workspaces for 10 rows (inputs, targets, activations, two slots of deltas, row losses,
-    # correct count), the gradient, the epoch backup
-    kept = (10 * 4 + 10 * 1 + 10 * 11 + 2 * 10 * 8) * 4 + 10 * 8 + 8 + 2 * net.n_params * 4
+    # workspaces for 10 rows (inputs, targets, activations, two slots of deltas and, for a
+    # network of small layers, the second row chunk's gradient, row losses, the counts of rows
+    # classified right and of batches run by the row chunks' runner), the gradient, the backup
+    from fastbp._kernels import CHUNKS
+    kept = ((10 * 4 + 10 * 1 + 10 * 11 + 2 * 10 * 8 + net.n_params) * 4 + 10 * 8
+            + (2 + CHUNKS) * 8 + 2 * net.n_params * 4)
     assert f"training buffers kept for the next fit: {kept / 1024:.1f} KiB" in net.summary()
 
 
@@ -241,31 +244,33 @@ import numpy as np, fastbp
 from fastbp.sklearn import MLPClassifier
 rng = np.random.default_rng(0)
 for dtype in (np.float64,):  # one dtype: the paths are the same for both
-    for sizes in ([2, 4, 1], [30, 64, 3]):  # the fused loop and the per-layer kernels
-        X = rng.standard_normal((96, sizes[0])).astype(dtype)
-        y = rng.integers(0, 2 if sizes[-1] == 1 else 3, 96)
+    # the fused loop, the per-layer kernels, and row chunks (the estimators' batches of 200)
+    for sizes, n in (([2, 4, 1], 96), ([30, 64, 3], 96), ([30, 64, 3], 400)):
+        X = rng.standard_normal((n, sizes[0])).astype(dtype)
+        y = rng.integers(0, 2 if sizes[-1] == 1 else 3, n)
         loss = "bce" if sizes[-1] == 1 else "cross_entropy"
         net = fastbp.Network(sizes, loss=loss, dtype=dtype)
         net.fit(X, y, epochs=2)
         net.fit(X, y, epochs=2, optimizer="adam")
+        net.fit(X, y, epochs=2, optimizer="adam", batch_size=min(n, 200))
         net.predict(X)
         for solver in ("adam", "sgd"):
             MLPClassifier((sizes[1],), solver=solver, max_iter=2).fit(X, y)
 """
 
 
-def test_after_precompile_common_fits_compile_nothing(tmp_path):
+def test_after_precompile_common_fits_compile_nothing(precompiled):
     """``python -m fastbp --precompile float64`` compiles every path a common fit takes
-    (train_epochs compiles one per loss and plan: the fused loop or the per-layer kernels, plain
-    SGD, an optimiser, the estimators' L2), so that the next process shows no compile notice;
-    ``fastbp.precompile`` (given one name) then finds it all cached. One dtype (its paths are
-    those of the other) and one empty cache for the three processes: a dtype's precompile costs
-    two minutes of CI."""
-    env = dict(NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONWARNINGS="ignore")
-    pre = subprocess.run([sys.executable, "-m", "fastbp", "--precompile", "float64"],
-                         capture_output=True, text=True, timeout=600, env=dict(os.environ, **env))
-    assert pre.returncode == 0, pre.stderr[-2000:]
-    assert pre.stdout.startswith("float64: ready in") and "float32" not in pre.stdout
+    (train_epochs compiles one per loss and plan: the fused loop, the per-layer kernels on whole
+    batches or in row chunks, plain SGD, an optimiser, the estimators' L2), so that the next
+    process shows no compile notice; ``fastbp.precompile`` (given one name) then finds it all
+    cached. One dtype (its paths are those of the other) and one empty cache for the three
+    processes: a dtype's precompile costs two to three minutes, run in the background from the
+    session's start (conftest.py)."""
+    (returncode, stdout, stderr), cache = precompiled
+    env = dict(NUMBA_CACHE_DIR=cache, PYTHONWARNINGS="ignore")
+    assert returncode == 0, stderr[-2000:]
+    assert stdout.startswith("float64: ready in") and "float32" not in stdout
     api = _run("import fastbp; print(sorted(fastbp.precompile('float64')))", **env)
     assert api.returncode == 0 and api.stdout.split() == ["['float64']"], api.stderr[-2000:]
     assert "compiling" not in api.stderr

@@ -296,12 +296,13 @@ def test_concurrent_fits_restore_the_users_blas_threads():
                 if i["user_api"] == "blas"]
 
     with threadpoolctl.threadpool_limits(1, user_api="blas"):
-        a, b = _threads.compute(True), _threads.compute(True)
-        a.__enter__()
-        b.__enter__()  # A enters, B enters, A leaves, B leaves
-        a.__exit__(None, None, None)
-        b.__exit__(None, None, None)
-        assert set(blas()) == {1}
+        for small_layers in (False, True):
+            a, b = _threads.compute(True, small_layers), _threads.compute(True, small_layers)
+            a.__enter__()
+            b.__enter__()  # A enters, B enters, A leaves, B leaves
+            a.__exit__(None, None, None)
+            b.__exit__(None, None, None)
+            assert set(blas()) == {1}
         X, y = make_data("cross_entropy", 256, 64, 10, seed=1)
         results = {}
 
@@ -320,6 +321,27 @@ def test_concurrent_fits_restore_the_users_blas_threads():
         alone = fastbp.Network([64, 96, 80, 10], seed=k)
         alone.fit(X, y, epochs=3, batch_size=64, lr=0.05)
         assert np.array_equal(alone._params, results[k])
+
+
+def test_the_split_gives_one_pool_the_threads_and_restores_both():
+    """BLAS's threads for a network with large layers, Numba's (BLAS at one) for one of small
+    layers run in row chunks; the user's settings back afterwards, also after an error."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import numba
+    from fastbp import _threads
+
+    def blas():
+        return {i["num_threads"] for i in threadpoolctl.threadpool_info()
+                if i["user_api"] == "blas"}
+
+    budget = numba.get_num_threads()
+    with threadpoolctl.threadpool_limits(3, user_api="blas"):
+        for small_layers, inside in ((False, (budget, 1)), (True, (1, budget))):
+            with pytest.raises(KeyError):
+                with _threads.compute(True, small_layers):
+                    assert (blas(), numba.get_num_threads()) == ({inside[0]}, inside[1])
+                    raise KeyError
+            assert (blas(), numba.get_num_threads()) == ({3}, budget)
 
 
 # ----------------------------------------------------------------- 8. errors name the argument

@@ -156,5 +156,6 @@ def test_every_compiled_function_of_the_kernels_has_a_name_of_its_own():
     found = {id(d): d for v in vars(K).values() for d in dispatchers(v)}
     names = [d.py_func.__qualname__ for d in found.values()]
     assert len(found) > 40 and len(set(names)) == len(names)
-    per_loss = [d.py_func.__qualname__ for d in K.BATCH_LAYERS + K.EVALUATE]
-    assert len(set(per_loss)) == 2 * len(K.LOSS_CODES)
+    per_loss = [d.py_func.__qualname__
+                for d in K.CHUNK + K.BATCH_LAYERS + K.EVALUATE]
+    assert len(set(per_loss)) == 3 * len(K.LOSS_CODES)

@@ -1,0 +1,115 @@
+"""The row chunks' compiled code, called through its address: a chunk's, and the runner's that
+takes the chunks across Numba's threads, compiled off the fit's path.
+
+A network of small layers runs each batch in chunks of rows (``_kernels.row_chunks``). A chunk's
+code (``_kernels.CHUNK``, one per loss: the network's forward and backward pass over its rows)
+is compiled once for the types of the chunks' arguments, here, and the drivers and the runner
+(``_kernels.CHUNK_RUNNER``) call it through its address rather than compile it into their own
+code again. The drivers run the chunks one after the other, or, given the runner's address,
+through it, one chunk per Numba thread. Either way each chunk writes only its own rows and
+gradient buffer and the buffers are added in order afterwards, so the bits are the same.
+
+The runner is a ``prange`` loop, and a prange loop costs about a second of compiling however
+small (measured): a first fit would wait for it. So the first fit of a chunked network starts at
+once with the chunks in turn and asks for the runner here, which compiles it on a thread of its
+own (the drivers run without the GIL meanwhile, so the two go on side by side; the thread is not
+a daemon, so a program that ends sooner waits for the compile, which Numba then keeps in its disk
+cache). Later calls get its address as soon as it is ready; a later process loads it from the
+cache in milliseconds, on that thread too. ``wait()`` waits for every compile started
+(``fastbp.precompile`` does).
+"""
+import threading
+import warnings
+
+import numpy as np
+from numba import typeof, types
+from numba.core import config
+
+from . import _kernels as K
+
+_lock = threading.Lock()
+_runner_at = {}  # the arguments' Numba types -> the runner's address for them; 0 until ready
+_compiling = []  # the runner's compiling threads started
+
+
+def arguments(grads, params, X, Y, SW, index, layout, acts, ws):
+    """A tuple of the types ``_kernels.batch_gradients_layers`` passes a chunk after its number
+    (CHUNK_ARGS), for a batch of X (N, C_0), Y, SW, the rows index, with the workspaces ws
+    (``workspaces``), the scalars (and sgd, a slice of the learning rates) as the drivers make
+    them."""
+    inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct = ws
+    i = np.int64(0)
+    return (correct, grads, params, X, Y, SW, index, i, i, layout, acts, inp_buf, tgt_buf,
+            act_buf, delta_buf, i, row_loss, 0.0, params[:0], i, i)
+
+
+def key(loss, args):
+    """What names the chunks' code for the loss code ``loss`` and the types of args
+    (``arguments``): a key for ``addresses``. Numba's typing of the arguments took 166 us
+    (measured), so each distinct description of them (``_describe``: what Numba's type of an
+    array is made of) is typed once."""
+    description = (loss,) + tuple(map(_describe, args))
+    found = _keys.get(description)
+    if found is None:
+        found = _keys[description] = (loss, typeof(args))
+    return found
+
+
+_keys = {}  # descriptions of arguments (see key) -> keys
+
+
+def _describe(a):
+    if not isinstance(a, np.ndarray):
+        return type(a)
+    flags = a.flags  # Numba's array type: dtype, dimensions, layout, read-only, aligned
+    return (type(a), a.dtype, a.ndim, flags.c_contiguous, flags.f_contiguous, flags.writeable,
+            flags.aligned)
+
+
+def _signature(argtypes):
+    # (fingerprint, *args) with args (k or the chunk's address, *CHUNK_ARGS): see K.call_at
+    return (types.int64, types.StarArgTuple((types.int64,) + tuple(argtypes.types)))
+
+
+def _pointer(dispatcher, signature):
+    compiled = dispatcher.overloads[signature]
+    return compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
+
+
+def address(key):
+    """The address of the runner for the arguments that ``key`` names, or 0 (not compiled yet,
+    failed, or Numba's JIT off; see ``request``)."""
+    return _runner_at.get(key[1], 0)
+
+
+def request(key):
+    """Compile the runner for the arguments that ``key`` names on a thread of its own, unless it
+    is compiled or compiling. A caller asks after its driver's call, never before: a compile holds
+    Numba's compiler lock, and the driver's own first compile would wait for this one."""
+    argtypes = key[1]
+    if argtypes in _runner_at or config.DISABLE_JIT:
+        return
+    with _lock:
+        if argtypes not in _runner_at:
+            _runner_at[argtypes] = 0
+            thread = threading.Thread(target=_compile, args=(argtypes,), name="fastbp-row-chunks")
+            _compiling.append(thread)
+            thread.start()
+
+
+def _compile(argtypes):
+    signature = _signature(argtypes)
+    try:
+        K.CHUNK_RUNNER.compile(signature)
+        found = _pointer(K.CHUNK_RUNNER, signature)
+    except Exception as exc:  # the chunks keep running in turn: slower, the same bits
+        warnings.warn(f"fastbp: the row chunks' parallel runner did not compile ({exc!r}); the "
+                      "chunks run on one thread", RuntimeWarning, stacklevel=1)
+        return
+    _runner_at[argtypes] = found
+
+
+def wait():
+    """Wait until every runner whose compile has started is compiled."""
+    while _compiling:
+        _compiling.pop().join()
