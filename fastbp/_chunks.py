@@ -18,6 +18,7 @@ cache). Later calls get its address as soon as it is ready; a later process load
 cache in milliseconds, on that thread too. ``wait()`` waits for every compile started
 (``fastbp.precompile`` does).
 """
+import os
 import threading
 import warnings
 
@@ -113,3 +114,10 @@ def wait():
     """Wait until every runner whose compile has started is compiled."""
     while _compiling:
         _compiling.pop().join()
+
+
+# A process forked while the runner compiles would inherit Numba's compiler lock held by a thread
+# that does not exist in it, and its first compile (or load from the cache) would wait for ever:
+# a fork waits for the compile first (at most about a second). (No fork on Windows.)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=wait)

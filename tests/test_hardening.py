@@ -323,6 +323,42 @@ def test_concurrent_fits_restore_the_users_blas_threads():
         assert np.array_equal(alone._params, results[k])
 
 
+FORK_WHILE_THE_RUNNER_COMPILES = textwrap.dedent("""
+    import os, time
+    import numpy as np, fastbp
+    from fastbp import _chunks
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((256, 8)), rng.integers(0, 3, 256)
+    fastbp.Network([8, 16, 3], seed=0).fit(X, y, epochs=1, batch_size=128)  # row chunks
+    assert _chunks._compiling  # the runner compiling on its thread (an empty cache)
+    pid = os.fork()
+    if pid == 0:  # a compile of its own in the child
+        fastbp.Network([8, 16, 3], seed=0, dtype=np.float32).fit(X, y, epochs=1, batch_size=32)
+        os._exit(0)
+    for _ in range(600):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            print("child", status)
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        print("child hung")
+""")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_fork_while_the_runner_compiles_leaves_the_child_able_to_compile(tmp_path):
+    """A process forked while the row chunks' runner compiles in the background (fastbp._chunks)
+    would inherit Numba's compiler lock held by a thread it does not have, and hang at its first
+    compile; the fork waits for the compile instead, and the child compiles and exits."""
+    run = subprocess.run([sys.executable, "-c", FORK_WHILE_THE_RUNNER_COMPILES],
+                         capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache")))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["child", "0"], run.stdout + run.stderr[-2000:]
+
+
 def test_the_split_gives_one_pool_the_threads_and_restores_both():
     """BLAS's threads for a network with large layers, Numba's (BLAS at one) for one of small
     layers run in row chunks; the user's settings back afterwards, also after an error."""
