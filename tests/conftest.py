@@ -52,6 +52,7 @@ PRECOMPILE_TEST = "test_after_precompile_common_fits_compile_nothing"
 
 
 def pytest_collection_finish(session):
+    import shutil
     import subprocess
     import sys
     import tempfile
@@ -59,9 +60,11 @@ def pytest_collection_finish(session):
         return
     cache = tempfile.mkdtemp(prefix="fastbp-precompile-")
     env = dict(os.environ, NUMBA_CACHE_DIR=os.path.join(cache, "cache"), PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen([sys.executable, "-m", "fastbp", "--precompile", "float64"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=lambda: os.nice(19))
+    # `nice`, not a preexec_fn: Numba's threads are running by now, and a preexec_fn is not safe
+    # in a process with threads
+    nice = ["nice", "-n", "19"] if shutil.which("nice") else []
+    proc = subprocess.Popen(nice + [sys.executable, "-m", "fastbp", "--precompile", "float64"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     session.config.stash[_PRECOMPILE] = (proc, cache)
 
 
