@@ -1,12 +1,11 @@
-"""The row chunks' compiled code, called through its address: a chunk's, and the runner's that
-takes the chunks across Numba's threads, compiled off the fit's path.
+"""The runner that takes a batch's row chunks across Numba's threads, compiled off the fit's path.
 
 A network of small layers runs each batch in chunks of rows (``_kernels.row_chunks``). A chunk's
 code (``_kernels.CHUNK``, one per loss: the network's forward and backward pass over its rows)
-is compiled once for the types of the chunks' arguments, here, and the drivers and the runner
-(``_kernels.CHUNK_RUNNER``) call it through its address rather than compile it into their own
-code again. The drivers run the chunks one after the other, or, given the runner's address,
-through it, one chunk per Numba thread. Either way each chunk writes only its own rows and
+is compiled once, inside the drivers, which call it through its address and hand that address to
+the runner (``_kernels.CHUNK_RUNNER``), so the runner holds no copy of it. The drivers run the
+chunks one after the other, or, given the runner's address, through it, one chunk per Numba
+thread. Either way each chunk writes only its own rows and
 gradient buffer and the buffers are added in order afterwards, so the bits are the same.
 
 The runner is a ``prange`` loop, and a prange loop costs about a second of compiling however
@@ -34,7 +33,7 @@ _compiling = []  # the runner's compiling threads started
 
 
 def arguments(grads, params, X, Y, SW, index, layout, acts, ws):
-    """A tuple of the types ``_kernels.batch_gradients_layers`` passes a chunk after its number
+    """A tuple of the types ``_kernels._in_chunks`` passes a chunk after its number
     (CHUNK_ARGS), for a batch of X (N, C_0), Y, SW, the rows index, with the workspaces ws
     (``workspaces``), the scalars (and sgd, a slice of the learning rates) as the drivers make
     them."""
@@ -46,9 +45,9 @@ def arguments(grads, params, X, Y, SW, index, layout, acts, ws):
 
 def key(loss, args):
     """What names the chunks' code for the loss code ``loss`` and the types of args
-    (``arguments``): a key for ``addresses``. Numba's typing of the arguments took 166 us
-    (measured), so each distinct description of them (``_describe``: what Numba's type of an
-    array is made of) is typed once."""
+    (``arguments``): a key for ``address`` and ``request``. Numba's typing of the arguments took
+    166 us (measured), so each distinct description of them (``_describe``: what Numba's type of
+    an array is made of) is typed once."""
     description = (loss,) + tuple(map(_describe, args))
     found = _keys.get(description)
     if found is None:

@@ -222,9 +222,9 @@ def distinct(*constants):
     a function's machine code after its qualified name and a counter of the process that compiles
     it, so two closures of one factory, compiled in two processes and kept in the disk cache, can
     get the same symbol; loaded into one process, the calls of both went to the code loaded first
-    (found with row chunks, not on main: a cross-entropy fit ran the bce loss's kernels, its loss
-    -1e16, after a bce fit loaded from the cache; the drivers' cached code here carries such
-    symbols too, ``batch_gradients_layers`` among them)."""
+    (found with the row chunks: a cross-entropy fit ran the bce loss's kernels, its loss -1e16,
+    after a bce fit loaded from the cache; the drivers' cached code carried such symbols too,
+    ``batch_gradients_layers`` among them)."""
     suffix = "_" + "_".join(str(c) for c in constants)
     return lambda f: renamed(f, suffix)
 

@@ -1482,7 +1482,6 @@ def _batch_gradients_layers(loss):
 # linked into both drivers. Numba once inlined it into them instead (inline="always"), which
 # copies its IR block by block: 0.23 s of a cold digits fit (measured: the commit that made this).
 BATCH_LAYERS = tuple(_batch_gradients_layers(c) for c in LOSS_CODES)
-_LAYERS_BCE, _LAYERS_CE, _LAYERS_MSE, _LAYERS_POISSON = BATCH_LAYERS
 
 
 def _batch_layers(loss, grads, params, X, Xs, Y, SW, index, start, stop, layout, acts, inp_buf,
@@ -1504,8 +1503,10 @@ def _batch_layers_compiled(loss, grads, params, X, Xs, Y, SW, index, start, stop
         return None  # the drivers' loss is a constant
     code = loss.literal_value
     if isinstance(runner, types.NoneType):
-        # the kernel held by this implementation, not by a driver (see _batch_layers' note on
-        # the cache: an overload's closure is not part of its callers' cache key)
+        # the kernel held by this implementation's closure, not by a driver's: a driver's
+        # closure variables key Numba's disk cache, and a dispatcher pickles differently in each
+        # process, so a driver holding one would never be found there; an overload's closure is
+        # not part of its callers' key
         kernel = BATCH_LAYERS[code]
 
         def whole(loss, grads, params, X, Xs, Y, SW, index, start, stop, layout, acts, inp_buf,
@@ -1677,7 +1678,7 @@ def _batch_gradients(fused, loss):
         act_buf, delta_buf and row_loss workspaces for at least stop - start rows. The fused
         loop (``fused`` True): networks too small for BLAS, dense input. correct (1,): the
         batch's correctly classified rows are added to it (bce and cross-entropy; see
-        count_correct). runner: see batch_gradients_layers (None for the fused loop).
+        count_correct). runner: see _batch_layers (None for the fused loop).
         """
         if fused:
             value = _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout,
@@ -1749,7 +1750,7 @@ def _train_epochs(fused, loss):
         engine decides): such an epoch over all the rows makes no backup when ``bounded_step``
         proves that its step leaves every parameter finite (bound its workspace); a non-finite
         loss then means that no step was taken, and nothing needs restoring. runner: see
-        batch_gradients_layers (None for the fused loop). Compiled without the GIL: a runner
+        _batch_layers (None for the fused loop). Compiled without the GIL: a runner
         compiles on another thread meanwhile (``_chunks``).
 
         Returns the number of epochs completed. Fewer than E means the loss or a parameter went
