@@ -1205,6 +1205,17 @@ def batch_loss(row_loss, SW, index, start, wsum, B, outputs, loss):
     return total / (B if loss == LOSS_CE else B * outputs)
 
 
+@inner()
+def weighted_deltas(delta, SW, index, start, wsum, B, r0, r1):
+    """Rows r0..r1-1 of delta (B, O), a batch's dL/dlogits of the unweighted mean (1/B in each
+    row), made those of scikit-learn's weighted mean: row b scaled by w_b B / sum w, its weight
+    SW[index[start + b]] and wsum the sum over the batch."""
+    for b in range(r0, r1):
+        f = SW[index[start + b]] * B / wsum
+        for o in range(delta.shape[1]):
+            delta[b, o] *= f
+
+
 # For the runner, only ever called through its address: no Numba wrappers for Python and C (see
 # _jit), which would cost compile time and never run.
 NO_WRAPPERS = dict(no_cpython_wrapper=True, no_cfunc_wrapper=True)
@@ -1249,11 +1260,8 @@ def _chunk_kernel(loss):
             value = batch_loss(row_loss, SW, index, start, wsum, B, logits.shape[1], loss)
             if not np.isfinite(value):
                 return value
-        if SW.shape[0] > 0:  # each row's delta (which holds 1/B) scaled by w_b B / sum w
-            for b in range(r0, r1):
-                f = SW[index[start + b]] * B / wsum
-                for o in range(logits.shape[1]):
-                    logits[b, o] *= f
+        if SW.shape[0] > 0:
+            weighted_deltas(logits, SW, index, start, wsum, B, r0, r1)
         g = grads if k == 0 else delta_buf[parts + (k - 1) * P:parts + k * P]
         network_backward(g, delta_buf, parts // 2, params, inp, act_buf, layout, acts,
                          sgd if nch == 1 else sgd[:0], 0, r0, r1)
@@ -1459,10 +1467,7 @@ def _batch_gradients_layers(loss):
             value = batch_loss(row_loss, SW, index, start, wsum, B, logits.shape[1], loss)
         if np.isfinite(value):  # plain SGD's step taken only for a finite loss
             if SW.shape[0] > 0:
-                for b in range(B):
-                    f = SW[index[start + b]] * B / wsum
-                    for o in range(logits.shape[1]):
-                        logits[b, o] *= f
+                weighted_deltas(logits, SW, index, start, wsum, B, 0, B)
             half = delta_buf.shape[0] // 2
             if Xs is None:
                 network_backward(grads, delta_buf, half, params, inp, act_buf, layout, acts, sgd,
