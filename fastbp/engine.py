@@ -19,6 +19,7 @@ from numba.core import config
 from . import _kernels as K
 from . import _chunks
 from . import _pcg
+from . import _threads
 from . import _validate as check
 
 # _kernels.small_layers and row_chunks on a layout, from Python (their plain functions: no
@@ -128,7 +129,7 @@ class Engine:
 
     def __init__(self, net, data, state, l2, reducer=None):
         self.net, self.data, self.state, self.reducer = net, data, state, reducer
-        self.rows = rows = data.rows_per_step
+        rows = data.rows_per_step
         self.blas = net._blas_sized(rows)
         self.work_per_call = WORK_PER_CALL * (BLAS_WORK_FACTOR if self.blas else 1)
         work = epoch_work(data.n, data.batch, net.n_params)
@@ -167,8 +168,9 @@ class Engine:
             self.buf = kept_buffer(self._kept, "reduce", net.n_params + 4, np.float64)
 
     def threads(self):
-        """The thread split for this network (see _threads.compute)."""
-        return self.net._compute(self.rows)
+        """The thread split for this network (see _threads.compute): Numba's threads when its
+        batches run in row chunks."""
+        return _threads.compute(self.blas, self.chunked)
 
     def _key(self, X, Y, SW, index):
         """The row chunks' runner's key for a call on these arrays (index one row of the
@@ -385,7 +387,6 @@ class FullBatch:
         else:
             self.X, self.Xs = X, None  # dense: see _kernels.batch_gradients
         self.index = np.arange(n, dtype=np.int64)
-        self.rows = n
         self.blas = net._blas_sized(n)
         self.gradients = K.BATCH_GRADIENTS[K.fused_loop(self.blas, self.Xs)][net._loss.code]
         self.ws = workspaces(net, n, Y.shape[1])
@@ -396,7 +397,7 @@ class FullBatch:
                 self.grads, net._params, X, Y, SW, self.index, net._layout, net._acts, self.ws))
 
     def threads(self):
-        return self.net._compute(self.rows)
+        return _threads.compute(self.blas, self.key is not None)
 
     def __call__(self):
         """(mean loss, gradient (P,)) at the network's parameters now; the gradient is not

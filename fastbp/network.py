@@ -7,7 +7,7 @@ from . import _validate as check
 from . import config as _config
 from . import state as _state
 from .activations import ACTIVATIONS
-from .engine import FullBatch, _row_chunks, kept_nbytes, workspaces
+from .engine import FullBatch, kept_nbytes, workspaces
 from .losses import LOSSES
 
 # A network with a dense layer of B * C * OC at least this, for batches of B rows, is trained
@@ -193,14 +193,6 @@ class Network:
         """Whether some dense layer is large enough for BLAS at batches of ``rows`` rows."""
         return bool(any(rows * c * oc >= BLAS_MIN_WORK for c, oc, _, _ in self._layout))
 
-    def _compute(self, rows, training=True):
-        """The thread split for compiled work on batches of ``rows`` rows (_threads.compute):
-        Numba's threads for training batches run in row chunks (_kernels.row_chunks), else
-        BLAS's. Evaluation inside a fit (validation) keeps the fit's split, BLAS's at one
-        thread for a chunked fit: woken, BLAS's workers would spin and slow its next steps."""
-        chunked = training and _row_chunks(rows, self._layout) > 1
-        return _threads.compute(self._blas_sized(rows), chunked)
-
     # ------------------------------------------------------------------ training
 
     def fit(self, X, y, **options):
@@ -246,7 +238,7 @@ class Network:
             Xd, Xs, index = np.empty((0, X.shape[1]), self.dtype), X[1:], np.arange(n)
         else:
             Xd, Xs, index = X, None, np.empty(0, np.int64)
-        with self._compute(rows, training=False):
+        with _threads.compute(self._blas_sized(rows)):
             value = K.EVALUATE[self._loss.code](out, row_loss, self._params, Xd, Xs, index,
                                                 out if Y is None else Y, self._layout, self._acts,
                                                 act_buf, Y is not None)
@@ -346,7 +338,7 @@ class Network:
         n = X.shape[0]
         _, _, act_buf, delta_buf, _, _ = workspaces(self, n, 0)
         grads = np.empty_like(self._params)
-        with self._compute(n):
+        with _threads.compute(self._blas_sized(n)):
             K.network_forward(act_buf, self._params, X, self._layout, self._acts, 0, 0, n)
             logits = K.activation_view(act_buf, self._layout, n, len(self._layout) - 1)
             K.loss_backward(logits, logits, Y, self._loss.code)
