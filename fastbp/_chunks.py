@@ -8,14 +8,17 @@ chunks one after the other, or, given the runner's address, through it, one chun
 thread. Either way each chunk writes only its own rows and
 gradient buffer and the buffers are added in order afterwards, so the bits are the same.
 
-The runner is a ``prange`` loop, and a prange loop costs about a second of compiling however
-small (measured): a first fit would wait for it. So the first fit of a chunked network starts at
-once with the chunks in turn and asks for the runner here, which compiles it on a thread of its
-own (the drivers run without the GIL meanwhile, so the two go on side by side; the thread is not
-a daemon, so a program that ends sooner waits for the compile, which Numba then keeps in its disk
-cache). Later calls get its address as soon as it is ready; a later process loads it from the
-cache in milliseconds, on that thread too. ``wait()`` waits for every compile started
-(``fastbp.precompile`` does).
+The runner is a ``prange`` loop, and a prange loop costs about half a second of compiling however
+small (0.4-0.8 s, measured): a first fit would wait for it. So a chunked network starts with the
+chunks in turn, and the runner is asked for once calls with the chunks in turn have taken
+RUNNER_AFTER_S (``ran_in_turn``), about what its compile costs: a short first fit (scikit-learn's
+digits, 20 epochs: 0.1 s) never waits for it, nor does whatever compiles next (Numba's compiler
+lock is one for the process), and a long one loses at most about that much. It compiles on a
+thread of its own (the drivers run without the GIL meanwhile, so the two go on side by side; the
+thread is not a daemon, so a program that ends sooner waits for the compile, which Numba then
+keeps in its disk cache). Later calls get its address as soon as it is ready; a later process
+loads it from the cache in milliseconds, on that thread too. ``ready()`` asks for every runner
+that calls have needed and waits for them (``fastbp.precompile`` and the benchmarks do).
 """
 import os
 import threading
@@ -27,9 +30,13 @@ from numba.core import config
 
 from . import _kernels as K
 
+# Seconds of calls with the chunks in turn after which the runner is asked for: about its compile
+RUNNER_AFTER_S = 0.5
+
 _lock = threading.Lock()
 _runner_at = {}  # the arguments' Numba types -> the runner's address for them; 0 until ready
 _compiling = []  # the runner's compiling threads started
+_in_turn = {}  # the arguments' Numba types -> [key, seconds of calls with the chunks in turn]
 
 
 def arguments(grads, params, X, Y, SW, index, layout, acts, ws):
@@ -82,10 +89,21 @@ def address(key):
     return _runner_at.get(key[1], 0)
 
 
+def ran_in_turn(key, seconds, compiled):
+    """A call with the arguments that ``key`` names ran its chunks in turn for ``seconds``;
+    compiled: the call compiled its driver (or loaded it from the cache), so its seconds are not
+    the chunks'. Asks for the runner once such calls have taken RUNNER_AFTER_S."""
+    seen = _in_turn.setdefault(key[1], [key, 0.0])
+    if not compiled:
+        seen[1] += seconds
+    if seen[1] >= RUNNER_AFTER_S:
+        request(key)
+
+
 def request(key):
     """Compile the runner for the arguments that ``key`` names on a thread of its own, unless it
-    is compiled or compiling. A caller asks after its driver's call, never before: a compile holds
-    Numba's compiler lock, and the driver's own first compile would wait for this one."""
+    is compiled or compiling. Never before a driver's call: a compile holds Numba's compiler
+    lock, and the driver's own first compile would wait for this one."""
     argtypes = key[1]
     if argtypes in _runner_at or config.DISABLE_JIT:
         return
@@ -113,6 +131,18 @@ def wait():
     """Wait until every runner whose compile has started is compiled."""
     while _compiling:
         _compiling.pop().join()
+
+
+def request_seen():
+    """Ask for the runner of every call that has run its chunks in turn so far, however short."""
+    for key, _ in list(_in_turn.values()):
+        request(key)
+
+
+def ready():
+    """``request_seen``, then wait until each runner is compiled (or loaded from the cache)."""
+    request_seen()
+    wait()
 
 
 # A process forked while the runner compiles would inherit Numba's compiler lock held by a thread

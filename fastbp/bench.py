@@ -40,6 +40,8 @@ IMPLS = ("fastbp", "numpy", "torch", "jax", "sklearn")
 
 
 class FastbpTrainer:
+    warm = False  # after the first call
+
     def __init__(self, w, dtype, X, y):
         self.w, self.X, self.y = w, X, y
         self.net = Network(w.sizes, activation=w.activation, loss=w.loss, seed=0, dtype=dtype)
@@ -47,10 +49,12 @@ class FastbpTrainer:
     def run(self, epochs):
         self.net.fit(self.X, self.y, epochs=epochs, lr=self.w.lr, batch_size=self.w.batch,
                      shuffle=False)
-        # a network run in row chunks asks for their runner on its first fit, which compiles it
-        # in the background (see _chunks): the warm-up call waits for it as for its own compile
-        # (nothing to wait for afterwards)
-        _chunks.wait()
+        if not self.warm:
+            # a network run in row chunks asks for their runner once they have run in turn for
+            # a while, and compiles it in the background (see _chunks): the warm-up call asks
+            # for it and waits for it, as for its own compile
+            _chunks.ready()
+            self.warm = True
 
 
 class NumpyTrainer(FastbpTrainer):

@@ -242,7 +242,7 @@ class Network:
             value = K.EVALUATE[self._loss.code](out, row_loss, self._params, Xd, Xs, index,
                                                 out if Y is None else Y, self._layout, self._acts,
                                                 act_buf, Y is not None)
-        if check_finite and not (np.isfinite(value) and K.all_finite(out.reshape(-1))):
+        if check_finite and not (np.isfinite(value) and check.all_finite(out)):
             big = float(np.abs(X.data if isinstance(X, check.Sparse) else X).max())
             raise ValueError(
                 f"the network's output is not finite (NaN or infinity) for this input: the "

@@ -181,8 +181,8 @@ def _chunked_fit(dtype, threads=None, runner=True, seed=0):
     hidden, n = CHUNKED
     X, y = make_data("cross_entropy", 3 * n, hidden[0], 10, seed=8)
     net = fastbp.Network(hidden + [10], seed=seed, dtype=dtype)
-    net.fit(X[:n], y[:n], epochs=1, batch_size=n)  # asks for the runner
-    _chunks.wait()
+    net.fit(X[:n], y[:n], epochs=1, batch_size=n)
+    _chunks.ready()  # the runner asked for and compiled
     before = numba.get_num_threads()
     address = _chunks.address
     try:

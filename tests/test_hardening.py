@@ -330,6 +330,7 @@ FORK_WHILE_THE_RUNNER_COMPILES = textwrap.dedent("""
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((256, 8)), rng.integers(0, 3, 256)
     fastbp.Network([8, 16, 3], seed=0).fit(X, y, epochs=1, batch_size=128)  # row chunks
+    _chunks.request_seen()
     assert _chunks._compiling  # the runner compiling on its thread (an empty cache)
     pid = os.fork()
     if pid == 0:  # a compile of its own in the child
@@ -424,3 +425,36 @@ def test_a_divergence_leaves_a_history_of_the_completed_epochs(per_epoch):
     if per_epoch:
         assert len(hist.val_loss) == len(hist.loss)
     assert net.epoch == len(hist.loss) and np.isfinite(net._params).all()
+
+
+RUNNER_ASKED_FOR = textwrap.dedent("""
+    import numpy as np, fastbp
+    from fastbp import _chunks
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((256, 8)), rng.integers(0, 3, 256)
+    net = fastbp.Network([8, 16, 3], seed=0)
+    for _ in range(2):  # the first compiles its driver (or loads it): its seconds do not count
+        net.fit(X, y, epochs=1, batch_size=128)  # row chunks, in turn for milliseconds
+    (key, seconds), = _chunks._in_turn.values()
+    print(_chunks.address(key), key[1] in _chunks._runner_at, 0 < seconds < 0.5)
+    for _ in range(1000):  # until asked for
+        if key[1] in _chunks._runner_at:
+            break
+        net.fit(X, y, epochs=200, batch_size=128)
+    print(_chunks._in_turn[key[1]][1] >= _chunks.RUNNER_AFTER_S)
+    _chunks.wait()
+    net._scratch["ws"][-1][1] = 0  # the count of batches through the runner
+    net.fit(X, y, epochs=1, batch_size=128)
+    print(_chunks.address(key) != 0, int(net._scratch["ws"][-1][1]))
+""")
+
+
+def test_the_runner_is_asked_for_once_the_chunks_have_run_in_turn_for_a_while(tmp_path):
+    """A short first fit of a network run in row chunks does not compile their runner (whose
+    compile would hold Numba's compiler lock for half a second); once its calls have run the
+    chunks in turn for RUNNER_AFTER_S it does, and later batches go through it."""
+    run = subprocess.run([sys.executable, "-c", RUNNER_ASKED_FOR], capture_output=True,
+                         text=True, timeout=300,
+                         env=dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache")))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["0", "False", "True", "True", "True", "2"], run.stdout
