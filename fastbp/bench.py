@@ -281,11 +281,13 @@ def plan(name, quick):
     return w.samples, 1, 5, 0.0
 
 
-def measure(name, impls, dtype, quick, matmul):
+def measure(name, impls, dtype, quick, matmul, repeats=None):
     """Workload ``name`` trained by each of ``impls`` in ``dtype``, their calls in turn with
-    ``matmul`` (a ``matmul_call``: the rate these runs get): one result per implementation."""
+    ``matmul`` (a ``matmul_call``: the rate these runs get): one result per implementation.
+    repeats: the timed calls of each (None: ``plan``'s)."""
     w = wl.WORKLOADS[name]
-    samples, epochs, repeats, seconds = plan(name, quick)
+    samples, epochs, least, seconds = plan(name, quick)
+    repeats = repeats or least
     X, y = wl.data(name, dtype, samples)
     trainers, first = {}, {}
     for impl in impls:
@@ -497,9 +499,10 @@ def is_tie(pct_matmul, ratio):
     return bool(min(pct_matmul.values()) >= 95 and 0.97 <= ratio < 1)
 
 
-def run_grid(impls, quick, progress, names=None):
-    """Every implementation at every grid point; per point the seconds per epoch of each, the
-    fastest peer, and fastbp's ratio to it (peer time / fastbp time)."""
+def run_grid(impls, quick, progress, names=None, repeats=None):
+    """Every implementation at every grid point; per point the seconds per epoch of each (the
+    median of ``repeats`` timed calls, None: 5, or 3 --quick), the fastest peer, and fastbp's
+    ratio to it (peer time / fastbp time)."""
     names = names or list(wl.GRID)
     report = dict(environment=environment(), matmul_gflops={}, grid=[])
     matmul = _start_rates(report, dict.fromkeys(wl.GRID[n][1] for n in names), quick)
@@ -512,7 +515,7 @@ def run_grid(impls, quick, progress, names=None):
             print(f"\r[{k}/{len(names)}] {name}          ", end="", file=sys.stderr, flush=True)
         trainers = {impl: TRAINERS[impl](w, np.dtype(dt), X, y) for impl in impls}
         # the matmul rate timed in turn with the point's runs (quick: the run's)
-        t = epoch_times(trainers, 3 if quick else 5, also=None if quick else
+        t = epoch_times(trainers, repeats or (3 if quick else 5), also=None if quick else
                         {"matmul": matmul[dt][0]})
         del trainers
         rate = report["matmul_gflops"][dt] if quick else matmul[dt][1] / t.pop("matmul") / 1e9
@@ -683,7 +686,7 @@ def print_report(report, out=sys.stdout):
           "load).", file=out)
 
 
-def run(workloads, impls, dtypes, quick, rss, progress):
+def run(workloads, impls, dtypes, quick, rss, progress, repeats=None):
     report = dict(quick=quick, environment=environment(), matmul_gflops={}, results=[])
     jobs = [(name, dt) for name in workloads
             for dt in (("float64", "float32") if name == "W1" and dtypes == ["float32"]
@@ -693,7 +696,7 @@ def run(workloads, impls, dtypes, quick, rss, progress):
         if progress:
             print(f"\r[{k}/{len(jobs)}] {name} {dt}          ", end="", file=sys.stderr,
                   flush=True)
-        for r in measure(name, impls, np.dtype(dt), quick, matmul[dt]):
+        for r in measure(name, impls, np.dtype(dt), quick, matmul[dt], repeats):
             if rss and name == "W3":
                 probe = peak_rss(name, r["impl"], np.dtype(dt), quick)
                 if probe:
@@ -727,6 +730,9 @@ def main(argv=None):
                    help="every implementation over the ~30 points of workloads.GRID: fastbp's "
                         "ratio to the fastest peer at each, and the geometric mean")
     p.add_argument("--point", action="append", help="with --grid: only this point (repeatable)")
+    p.add_argument("--repeats", type=int, metavar="N",
+                   help="timed calls of each implementation, whose median is reported (default "
+                        "5, W1 7; --quick 3): more on a noisy machine")
     p.add_argument("--digits", action="store_true",
                    help="fastbp.sklearn.MLPClassifier vs scikit-learn's on load_digits")
     p.add_argument("--memmap", type=float, metavar="GIB",
@@ -735,6 +741,8 @@ def main(argv=None):
     p.add_argument("--memmap-probe", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--mpi-worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.repeats is not None and args.repeats < 1:
+        p.error(f"--repeats must be at least 1 (timed calls per implementation); got {args.repeats}")
     if args.mpi_worker:
         return _mpi_worker(args.mpi_worker, args.quick)
     if args.mpi:
@@ -782,7 +790,8 @@ def main(argv=None):
     impls = [i for i in (args.impl or IMPLS) if available(i)]
     if args.grid:
         impls = ["fastbp"] + [i for i in impls if i != "fastbp"]
-        report = run_grid(impls, args.quick, progress=not args.json, names=args.point)
+        report = run_grid(impls, args.quick, progress=not args.json, names=args.point,
+                          repeats=args.repeats)
         print_grid(report)
         if args.json:
             with open(args.json, "w") as f:
@@ -792,7 +801,7 @@ def main(argv=None):
         impls.insert(0, "numpy")  # every ratio is against it
     dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
     report = run(args.workload or sorted(wl.WORKLOADS), impls, dtypes, args.quick,
-                 rss=not args.no_rss, progress=not args.json)
+                 rss=not args.no_rss, progress=not args.json, repeats=args.repeats)
     print_report(report)
     if args.json:
         with open(args.json, "w") as f:

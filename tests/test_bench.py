@@ -109,6 +109,26 @@ def test_the_grid_report_holds_each_points_fastest_peer_ratio_and_share_of_the_m
     assert np.isclose(report["geomean"], np.prod(ratios) ** (1 / len(ratios)), rtol=1e-12)
 
 
+def test_the_grid_times_each_implementation_as_often_as_asked(monkeypatch, capsys):
+    """--repeats sets the timed calls whose median the grid reports; fewer than one is refused
+    before anything runs."""
+    import pytest
+
+    from fastbp import bench
+    seen, real = [], bench.interleaved_times
+
+    def spy(calls, repeats, *args, **kwargs):
+        seen.append((sorted(calls), repeats))
+        return real(calls, repeats, *args, **kwargs)
+    monkeypatch.setattr(bench, "interleaved_times", spy)
+    bench.run_grid(["fastbp", "numpy"], quick=True, progress=False, names=["G03"], repeats=4)
+    assert seen[-1] == (["fastbp", "numpy"], 4)
+    for bad in ("0", "-2"):
+        with pytest.raises(SystemExit):
+            bench.main(["--grid", "--repeats", bad])
+        assert "--repeats must be at least 1" in capsys.readouterr().err
+
+
 def test_asvs_grid_benchmark_tracks_the_grid_geometric_mean(monkeypatch):
     """The asv benchmark behind the tracked geometric mean runs (on one point here: see above)."""
     import importlib
