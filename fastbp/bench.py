@@ -742,7 +742,8 @@ def main(argv=None):
     p.add_argument("--mpi-worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
-        p.error(f"--repeats must be at least 1 (timed calls per implementation); got {args.repeats}")
+        p.error(f"--repeats must be at least 1 (timed calls per implementation); "
+                f"got {args.repeats}")
     if args.mpi_worker:
         return _mpi_worker(args.mpi_worker, args.quick)
     if args.mpi:

@@ -461,6 +461,6 @@ def precompile(dtypes=check.FLOAT_DTYPES):
                 full = FullBatch(net, X, net._XY(X, y)[1], np.empty(0, dtype))
                 with full.threads():
                     full()
-        _chunks.ready()  # the row chunks' runners, compiled in the background
+        _chunks.ready()  # the row chunks' runners: asked for, compiled in the background
         seconds[dtype.name] = time.perf_counter() - t0
     return seconds
