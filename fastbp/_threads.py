@@ -84,11 +84,12 @@ class _Split:
         return False
 
 
-def compute(uses_blas, small_layers=False):
-    """The context to run in for a network that does (or does not) call BLAS, of small layers
-    (run in row chunks) or not: the threads split between Numba and BLAS; the user's settings
-    come back afterwards, also on error and under concurrent fits."""
-    return _Split(small_layers) if uses_blas else _NO_SPLIT
+def compute(uses_blas, chunked=False):
+    """The context to run in for a network that does (or does not) call BLAS, its batches run in
+    row chunks (the engine's decision, ``Engine.chunked``) or not: the threads split between
+    Numba and BLAS; the user's settings come back afterwards, also on error and under concurrent
+    fits."""
+    return _Split(chunked) if uses_blas else _NO_SPLIT
 
 
 _NO_SPLIT = nullcontext()  # stateless, so one serves every call

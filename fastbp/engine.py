@@ -111,6 +111,13 @@ def _chunked(net, rows, Xs):
             and _row_chunks(rows, net._layout) > 1)
 
 
+def _runner_key(net, grads, X, Y, SW, index, ws):
+    """The row chunks' runner's key (see _chunks) for a call of ``net``'s drivers on these arrays
+    (index: the batch rows' order) with the workspaces ws."""
+    return _chunks.key(net._loss.code, _chunks.arguments(grads, net._params, X, Y, SW, index,
+                                                         net._layout, net._acts, ws))
+
+
 def _call(driver, key, *args):
     """driver(*args, runner): runner the address of the row chunks' runner that key names, or 0
     (none yet: the chunks run in turn, and the call's seconds count towards asking for the
@@ -182,9 +189,7 @@ class Engine:
         orders), or None for a network that does not run in chunks (see _chunks)."""
         if not self.chunked:
             return None
-        net = self.net
-        return _chunks.key(net._loss.code, _chunks.arguments(
-            self.grads, net._params, X, Y, SW, index, net._layout, net._acts, self.ws))
+        return _runner_key(self.net, self.grads, X, Y, SW, index, self.ws)
 
     # ---------------------------------------------------------------- backup, restore, check
 
@@ -404,8 +409,7 @@ class FullBatch:
         self.grads = np.empty_like(net._params)
         self.key = None  # the row chunks' runner's (see _chunks)
         if _chunked(net, n, self.Xs):
-            self.key = _chunks.key(net._loss.code, _chunks.arguments(
-                self.grads, net._params, X, Y, SW, self.index, net._layout, net._acts, self.ws))
+            self.key = _runner_key(net, self.grads, X, Y, SW, self.index, self.ws)
 
     def threads(self):
         return _threads.compute(self.blas, self.key is not None)

@@ -296,8 +296,8 @@ def test_concurrent_fits_restore_the_users_blas_threads():
                 if i["user_api"] == "blas"]
 
     with threadpoolctl.threadpool_limits(1, user_api="blas"):
-        for small_layers in (False, True):
-            a, b = _threads.compute(True, small_layers), _threads.compute(True, small_layers)
+        for chunked in (False, True):
+            a, b = _threads.compute(True, chunked), _threads.compute(True, chunked)
             a.__enter__()
             b.__enter__()  # A enters, B enters, A leaves, B leaves
             a.__exit__(None, None, None)
@@ -373,9 +373,9 @@ def test_the_split_gives_one_pool_the_threads_and_restores_both():
 
     budget = numba.get_num_threads()
     with threadpoolctl.threadpool_limits(3, user_api="blas"):
-        for small_layers, inside in ((False, (budget, 1)), (True, (1, budget))):
+        for chunked, inside in ((False, (budget, 1)), (True, (1, budget))):
             with pytest.raises(KeyError):
-                with _threads.compute(True, small_layers):
+                with _threads.compute(True, chunked):
                     assert (blas(), numba.get_num_threads()) == ({inside[0]}, inside[1])
                     raise KeyError
             assert (blas(), numba.get_num_threads()) == ({3}, budget)
