@@ -14,6 +14,12 @@ time:
   Numba's elementwise loops on one thread;
 - a network too small for BLAS gives Numba the threads.
 
+OpenBLAS 0.3.27 and later can run a threaded gemm's jobs on a pool the caller gives
+(``openblas_set_threads_callback_function``): on Numba's threads, one pool for both, a sigmoid
+pass right after a gemm ran at two threads' speed with the gemm's speed and bits unchanged
+(measured, README). Not used: in a network that calls BLAS the activation passes are 2-3.5% of an
+epoch on one thread, and compiling the drivers' passes parallel costs a first fit.
+
 The budget is ``numba.get_num_threads()``, the user's own setting. Both settings are restored on
 exit. The results do not depend on the split: every kernel writes each element from one thread in
 a fixed order, gemm partitions its output, not its sums, and the chunks are fixed by the shapes.
