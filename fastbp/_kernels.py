@@ -27,9 +27,10 @@ compiled parallel they ran no faster and cost 3.5 s of a first fit's 17 (measure
 
 Compiling: the kernels that only compiled code calls are ``@inner`` (``_jit.py``: no Numba
 wrappers, and no optimisation or machine code of their own, which their callers make with them
-inlined; a call from Python goes to a twin compiled the ordinary way, as the engine's own
-backup, restore and finiteness check do on the epochs it steps in Python); the drivers, and the
-kernels the Python layer calls on every fit or predict, are plain ``@njit``.
+inlined; a call from Python, as the tests and ``Network.gradients`` make, goes to a twin
+compiled the ordinary way: the engine's own backup, restore and finiteness check on the epochs it
+steps in Python use NumPy, so no fit compiles such twins); the drivers, and the kernels the Python
+layer calls on every fit or predict, are plain ``@njit``.
 
 Reproducibility: every ``prange`` loop gives each iteration its own output elements (rows of
 ``out``, blocks of rows, blocks of ``dweight``, a chunk's own gradient buffer), and every sum runs
