@@ -26,8 +26,9 @@ from numba.core import event
 
 def _ours(ev):
     dispatcher = (ev.data or {}).get("dispatcher")
-    module = getattr(getattr(dispatcher, "py_func", None), "__module__", "")
-    return module.startswith("fastbp.")
+    module = getattr(getattr(dispatcher, "py_func", None), "__module__", None)
+    # None for a function that exec() made from globals without a __name__: a user's own
+    return isinstance(module, str) and module.startswith("fastbp.")
 
 
 class _Compiling(event.Listener):

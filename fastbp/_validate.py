@@ -12,7 +12,8 @@ Sparse = namedtuple("Sparse", "shape data indices indptr")
 
 def is_sparse(X):
     """A scipy.sparse matrix or array (without importing scipy.sparse for dense input)."""
-    return type(X).__module__.startswith("scipy.sparse") and hasattr(X, "tocsr")
+    module = getattr(type(X), "__module__", None)  # anything a class says, None included
+    return isinstance(module, str) and module.startswith("scipy.sparse") and hasattr(X, "tocsr")
 
 
 def sparse_features(X, n_features, dtype, name="X"):

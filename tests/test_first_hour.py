@@ -239,6 +239,19 @@ def test_a_compile_pauses_the_collector_and_restores_it(tmp_path):
     assert lines["off"] == "True False"
     assert lines["error"] == "True True TypingError"
 
+
+def test_the_compile_listener_leaves_a_users_own_functions_alone():
+    """fastbp hears every Numba compilation in the process (_compiling); a user's own function
+    compiles and runs as it would without fastbp, one that exec() made from globals without a
+    __name__ (its __module__ None, as code generators make them) included."""
+    import numba
+    from fastbp import _compiling
+    _compiling.install()
+    made = {}
+    exec("def twice(x):\n    return 2 * x\n", made)
+    assert made["twice"].__module__ is None
+    assert numba.njit(made["twice"])(21) == 42
+
 COMMON_FITS = """
 import numpy as np, fastbp
 from fastbp.sklearn import MLPClassifier

@@ -9,7 +9,7 @@ import pytest
 import fastbp
 from fastbp import state as state_module
 
-from conftest import XOR_X, make_data
+from conftest import XOR_X, XOR_Y, make_data
 
 GOOD_X, GOOD_Y = make_data("cross_entropy", 12, 4, 3, seed=0)
 
@@ -125,6 +125,24 @@ def test_a_sparse_X_with_no_stored_values_is_finite():
     bad = scipy.sparse.csr_matrix(np.array([[0, np.inf, 0]]))
     with pytest.raises(ValueError, match="X contains NaN or infinity"):
         _validate.sparse_features(bad, 3, np.float32)
+
+
+def test_a_class_that_names_no_module_is_checked_as_any_other():
+    """Whether X is sparse is asked of its class's module name, which a class may set to None:
+    an ndarray subclass so made is dense input, an object so made gets the message for X."""
+    class Dense(np.ndarray):
+        __module__ = None
+
+    class Other:
+        __module__ = None
+
+    net = fastbp.Network([2, 3, 1], loss="bce", seed=0)
+    expected = fastbp.Network([2, 3, 1], loss="bce", seed=0)
+    net.fit(XOR_X.view(Dense), XOR_Y, epochs=3)
+    expected.fit(XOR_X, XOR_Y, epochs=3)
+    assert net._params.tobytes() == expected._params.tobytes()
+    with pytest.raises(TypeError, match="X must hold numbers"):
+        net.fit(Other(), XOR_Y, epochs=1)
 
 
 def test_checking_X_allocates_nothing_the_size_of_X():
