@@ -98,8 +98,14 @@ class Network:
         self._loss = LOSSES[loss]
         self._acts = np.array([ACTIVATIONS[a].code for a in acts] or [0], dtype=np.int64)
         self._layout, n_params = self._make_layout(self.sizes)
-        self._params = np.empty(n_params, dtype=dt)
-        self._init_params()
+        try:
+            self._params = np.empty(n_params, dtype=dt)
+            self._init_params()
+        except MemoryError:  # NumPy's message names a flat shape the caller never gave
+            dt = np.dtype(dt)
+            raise MemoryError(f"sizes={list(self.sizes)} has {n_params:,} parameters "
+                              f"({_bytes(n_params * dt.itemsize)} in {dt.name}), more than this "
+                              "machine can allocate") from None
         # The shuffling stream: a child of the same seed, independent of the initialisation draws.
         self._shuffle_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
         self._targets_1d = self.sizes[-1] == 1
@@ -117,8 +123,8 @@ class Network:
             raise TypeError(f"sizes must be a list of layer widths; got {sizes!r}") from None
         if len(sizes) < 2:
             raise ValueError(f"sizes must list at least the input and output widths; got {sizes}")
-        for s in sizes:
-            check.integer(s, "sizes[i]", 1)
+        for i, s in enumerate(sizes):
+            check.integer(s, f"sizes[{i}]", 1)
         return [int(s) for s in sizes]
 
     @staticmethod

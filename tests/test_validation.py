@@ -179,8 +179,11 @@ def test_predict_proba_refuses_regression():
 
 BAD_NETWORK = [
     ({"sizes": [4]}, ValueError, "at least the input and output"),
-    ({"sizes": [4, 0, 3]}, ValueError, r"sizes\[i\] must be >= 1"),
-    ({"sizes": [4, 2.5, 3]}, TypeError, r"sizes\[i\] must be an integer"),
+    ({"sizes": [4, 0, 3]}, ValueError, r"sizes\[1\] must be >= 1"),
+    ({"sizes": [4, 2.5, 3]}, TypeError, r"sizes\[1\] must be an integer"),
+    # past any address space (128 TiB), so refused at once whatever the overcommit policy
+    ({"sizes": [10**7, 10**7, 2]}, MemoryError,
+     r"sizes=\[10000000, 10000000, 2\] has 100,000,030,000,002 parameters \(372,529.1 GiB"),
     ({"sizes": 4}, TypeError, "sizes must be a list"),
     ({"activation": "swish"}, ValueError, "activation must be one of"),
     ({"activation": ["relu", "tanh"]}, ValueError, "one per hidden layer"),
