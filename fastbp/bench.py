@@ -713,6 +713,31 @@ def run(workloads, impls, dtypes, quick, rss, progress, repeats=None):
     return report
 
 
+def _json_problem(path):
+    """Why ``--json path`` could not be written, or None: asked before the run, so that a run of
+    minutes is not lost to a typo at its end."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return "it is a folder"
+    if not os.path.isdir(folder):
+        return f"the folder {folder!r} does not exist"
+    existed = os.path.exists(path)
+    try:  # tried, not asked of os.access: root passes that check where it cannot write (/proc)
+        with open(path, "a"):  # an existing file is left as it is
+            pass
+    except OSError as e:
+        return e.strerror
+    if not existed:
+        os.remove(path)
+    return None
+
+
+def _write_json(path, results):
+    if path:
+        with open(path, "w") as f:
+            json.dump(results, f, indent=1)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastbp.bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a seconds-long run on smaller data")
@@ -744,14 +769,15 @@ def main(argv=None):
     if args.repeats is not None and args.repeats < 1:
         p.error(f"--repeats must be at least 1 (timed calls per implementation); "
                 f"got {args.repeats}")
+    problem = args.json and _json_problem(args.json)
+    if problem:
+        p.error(f"--json {args.json}: cannot write the results there: {problem}")
     if args.mpi_worker:
         return _mpi_worker(args.mpi_worker, args.quick)
     if args.mpi:
         rows = mpi_scaling((args.workload or ["W3"])[0], args.quick)
         print_mpi(rows)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(dict(mpi=rows), f, indent=1)
+        _write_json(args.json, dict(mpi=rows))
         return None
     if args.memmap_probe:
         path, rows, cols = args.memmap_probe
@@ -794,9 +820,7 @@ def main(argv=None):
         report = run_grid(impls, args.quick, progress=not args.json, names=args.point,
                           repeats=args.repeats)
         print_grid(report)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(report, f, indent=1)
+        _write_json(args.json, report)
         return None
     if "numpy" not in impls:
         impls.insert(0, "numpy")  # every ratio is against it
@@ -804,9 +828,7 @@ def main(argv=None):
     report = run(args.workload or sorted(wl.WORKLOADS), impls, dtypes, args.quick,
                  rss=not args.no_rss, progress=not args.json, repeats=args.repeats)
     print_report(report)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+    _write_json(args.json, report)
 
 
 if __name__ == "__main__":

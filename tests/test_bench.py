@@ -129,6 +129,29 @@ def test_the_grid_times_each_implementation_as_often_as_asked(monkeypatch, capsy
         assert "--repeats must be at least 1" in capsys.readouterr().err
 
 
+def test_a_json_file_that_cannot_be_written_is_refused_before_the_run(tmp_path, monkeypatch,
+                                                                     capsys):
+    """``--json`` is tried before anything runs (a grid run takes minutes); an existing file is
+    left as it was, and a writable new name leaves no file behind when the run is refused."""
+    import pytest
+
+    from fastbp import bench
+    monkeypatch.setattr(bench, "run_grid", lambda *a, **k: pytest.fail("the run started"))
+    kept = tmp_path / "kept.json"
+    kept.write_text("earlier results")
+    cases = [(tmp_path, "it is a folder"),
+             (tmp_path / "missing" / "r.json", "does not exist")]
+    for path, words in cases:
+        with pytest.raises(SystemExit):
+            bench.main(["--grid", "--json", str(path)])
+        err = capsys.readouterr().err
+        assert f"--json {path}: cannot write the results there" in err and words in err
+    assert bench._json_problem(str(kept)) is None
+    assert kept.read_text() == "earlier results"
+    assert bench._json_problem(str(tmp_path / "new.json")) is None
+    assert not (tmp_path / "new.json").exists()
+
+
 def test_asvs_grid_benchmark_tracks_the_grid_geometric_mean(monkeypatch):
     """The asv benchmark behind the tracked geometric mean runs (on one point here: see above)."""
     import importlib
