@@ -102,7 +102,6 @@ class Network:
             self._params = np.empty(n_params, dtype=dt)
             self._init_params()
         except MemoryError:  # NumPy's message names a flat shape the caller never gave
-            dt = np.dtype(dt)
             raise MemoryError(f"sizes={list(self.sizes)} has {n_params:,} parameters "
                               f"({_bytes(n_params * dt.itemsize)} in {dt.name}), more than this "
                               "machine can allocate") from None

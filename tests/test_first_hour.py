@@ -252,6 +252,7 @@ def test_the_compile_listener_leaves_a_users_own_functions_alone():
     assert made["twice"].__module__ is None
     assert numba.njit(made["twice"])(21) == 42
 
+
 COMMON_FITS = """
 import numpy as np, fastbp
 from fastbp.sklearn import MLPClassifier
