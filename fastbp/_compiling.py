@@ -34,6 +34,7 @@ def _ours(ev):
 class _Compiling(event.Listener):
     shown = False  # the notice, once per process
     depth = 0  # nested compilations inside the outermost one of a fastbp kernel
+    compiling = []  # their functions, innermost last
     collector_was_on = False
 
     def on_start(self, ev):
@@ -49,14 +50,23 @@ class _Compiling(event.Listener):
             cls.collector_was_on = gc.isenabled()
             gc.disable()
         cls.depth += 1
+        cls.compiling.append(getattr(ev.data.get("dispatcher"), "py_func", None))
 
     def on_end(self, ev):
         cls = _Compiling
         if cls.depth == 0:
             return
         cls.depth -= 1
+        cls.compiling.pop()
         if cls.depth == 0 and cls.collector_was_on:
             gc.enable()
+
+
+def compiling():
+    """The plain function being compiled inside a compilation of a fastbp kernel (the window
+    above): the innermost, whose code is being lowered; None outside the window."""
+    stack = _Compiling.compiling
+    return stack[-1] if stack else None
 
 
 _installed = False

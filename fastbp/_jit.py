@@ -45,6 +45,30 @@ from numba.core.registry import CPUDispatcher
 from numba.core.runtime.nrtopt import remove_redundant_nrt_refct
 from numba.core.typed_passes import AnnotateTypes, NativeParforLowering
 
+from . import _compiling
+
+
+# LLVM's tuning for Intel's AVX-512 server cores (Skylake-SP, Cascade Lake, ...) vectorises loops
+# 256 bits wide ("prefer-256-bit"), for the clock those cores drop to under 512-bit work. The
+# activation passes are arithmetic-bound (vmath's polynomials): 512 bits wide, a sigmoid over
+# 64 x 1024 float32 values ran at 0.53-0.56 ns a value instead of 0.69-1.09 (np.tanh: 0.52-0.81),
+# float64 1.35-1.65 instead of 2.07-2.15, on a Cascade Lake, one thread (measured). So the
+# functions marked ``inner(wide=True)`` ask LLVM for 512; a core without AVX-512 ignores that.
+# Only those: with every kernel wide, the fused XOR-sized loop's passes over 16 values fell to
+# the scalar remainder of 64-value steps (W1 13-15% slower); a user's own functions are left as
+# Numba makes them. Vector width never changes a result: no kernel lets LLVM reorder a sum.
+_add_ir_module = JITCodeLibrary.add_ir_module
+
+
+def _add_ir_module_wide(library, ir_module):
+    if getattr(_compiling.compiling(), "_wide", False):  # the function whose code this is
+        for fn in ir_module.functions:
+            if not fn.is_declaration:  # llvmlite's add() knows no attribute with a value
+                set.add(fn.attributes, '"prefer-vector-width"="512"')
+    return _add_ir_module(library, ir_module)
+
+
+JITCodeLibrary.add_ir_module = _add_ir_module_wide
 
 # Numba's name for a function's environment pointer (``FunctionDescriptor.env_name``)
 _ENV_PREFIX = "_ZN08NumbaEnv"
@@ -229,15 +253,17 @@ def distinct(*constants):
     return lambda f: renamed(f, suffix)
 
 
-def inner(optimised_alone=False, **options):
+def inner(optimised_alone=False, wide=False, **options):
     """``@inner(**options)``: ``@njit(**options)`` for a function that only compiled code calls,
     compiled without Numba's wrappers into a library that its callers link (see the module's
     docstring). ``optimised_alone=True``: compiled (and cached) as Numba compiles, O3 on its own
     module before its callers inline it, for code whose shape the optimiser must not revisit in
     its callers' context (``_pcg.permutation``, whose branch-free draws a shuffled XOR epoch
-    needs: linked only, it ran 15% slower, measured). With Numba's JIT off
+    needs: linked only, it ran 15% slower, measured). ``wide=True``: loops 512 bits wide where
+    the core has AVX-512 (see ``_add_ir_module_wide``). With Numba's JIT off
     (``NUMBA_DISABLE_JIT=1``) the plain function."""
     def decorate(f):
+        f._wide = wide
         how = dict(cache=True, no_cfunc_wrapper=True) if optimised_alone else LINKED
         disp = njit(no_cpython_wrapper=True, **how, **options)(f)
         if not isinstance(disp, CPUDispatcher):  # the JIT is off

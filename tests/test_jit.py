@@ -159,3 +159,27 @@ def test_every_compiled_function_of_the_kernels_has_a_name_of_its_own():
     per_loss = [d.py_func.__qualname__
                 for d in K.CHUNK + K.BATCH_LAYERS + K.EVALUATE]
     assert len(set(per_loss)) == 3 * len(K.LOSS_CODES)
+
+
+def test_the_activation_passes_ask_for_512_bit_vectors_and_no_other_code_does():
+    # On Intel's AVX-512 server cores LLVM vectorises 256 bits wide unless a function asks for
+    # more (_jit._add_ir_module_wide): the activation passes do; the fused XOR-sized loop's copy
+    # of them and a user's own functions, compiled in the same process, do not
+    from numba import types
+    from fastbp import _kernels as K
+    wide = '"prefer-vector-width"="512"'
+    sig = (types.float32[::1], types.int64)
+
+    def module_of(kernel):
+        kernel.compile(sig)
+        return str(kernel.overloads[sig].library._final_module)
+
+    assert wide in module_of(K._act_row)
+    assert wide not in module_of(K._act_row_small)
+
+    @njit
+    def users(x):
+        for i in range(x.shape[0]):
+            x[i] *= 2
+    users(np.ones(3, np.float32))
+    assert wide not in users.inspect_llvm(users.signatures[0])
