@@ -1532,8 +1532,9 @@ def _batch_layers_compiled(loss, grads, params, X, Xs, Y, SW, index, start, stop
 # The fused loop's activation passes run over a few units (XOR: blocks of 16 values): there at
 # LLVM's own vector width, not ``wide``, whose 64-value steps left such blocks to the scalar
 # remainder (W1 13-15% slower, measured). The same code, compiled a second way.
-_act_row_small = inner(error_model="numpy")(renamed(_act_row.py_func, "_small"))
-_act_grad_row_small = inner(error_model="numpy")(renamed(_act_grad_row.py_func, "_small"))
+_act_row_small, _act_grad_row_small = (
+    inner(error_model="numpy")(renamed(getattr(f, "py_func", f), "_small"))  # f itself: JIT off
+    for f in (_act_row, _act_grad_row))
 
 
 @njit(cache=True, inline="always")
