@@ -24,22 +24,26 @@ import sys
 from numba.core import event
 
 
+def _function(ev):
+    """The plain function a compile event is for (None if it names none)."""
+    return getattr((ev.data or {}).get("dispatcher"), "py_func", None)
+
+
 def _ours(ev):
-    dispatcher = (ev.data or {}).get("dispatcher")
-    module = getattr(getattr(dispatcher, "py_func", None), "__module__", None)
+    module = getattr(_function(ev), "__module__", None)
     # None for a function that exec() made from globals without a __name__: a user's own
     return isinstance(module, str) and module.startswith("fastbp.")
 
 
 class _Compiling(event.Listener):
     shown = False  # the notice, once per process
-    depth = 0  # nested compilations inside the outermost one of a fastbp kernel
-    compiling = []  # their functions, innermost last
+    compiling = []  # the functions of the nested compilations inside the outermost one of a
+    # fastbp kernel, that one first
     collector_was_on = False
 
     def on_start(self, ev):
         cls = _Compiling
-        if cls.depth == 0:
+        if not cls.compiling:
             if not _ours(ev):
                 return
             if not cls.shown:
@@ -49,16 +53,14 @@ class _Compiling(event.Listener):
                       file=sys.stderr, flush=True)
             cls.collector_was_on = gc.isenabled()
             gc.disable()
-        cls.depth += 1
-        cls.compiling.append(getattr(ev.data.get("dispatcher"), "py_func", None))
+        cls.compiling.append(_function(ev))
 
     def on_end(self, ev):
         cls = _Compiling
-        if cls.depth == 0:
+        if not cls.compiling:
             return
-        cls.depth -= 1
         cls.compiling.pop()
-        if cls.depth == 0 and cls.collector_was_on:
+        if not cls.compiling and cls.collector_was_on:
             gc.enable()
 
 
