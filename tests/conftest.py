@@ -45,27 +45,35 @@ def torch():
 
 
 # ``python -m fastbp --precompile float64`` into an empty cache takes two to three minutes of one
-# core, which test_first_hour's precompile test needs. Started when the session's tests are
-# known, in the background at the lowest priority, it compiles on the core the suite leaves idle
-# (most tests compile or run on one thread) and is done by the time that test runs.
+# core, which test_first_hour's precompile test needs. In a run on one process it is started when
+# the session's tests are known, in the background at the lowest priority: it compiles on the
+# core the suite leaves idle (most tests compile or run on one thread) and is done by the time
+# that test runs. Under pytest-xdist (``-n``) the workers keep every core busy and each collects
+# every test, so the test's own fixture starts it, in the worker that runs it.
 PRECOMPILE_TEST = "test_after_precompile_common_fits_compile_nothing"
 
 
 def pytest_collection_finish(session):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    if any(item.name == PRECOMPILE_TEST for item in session.items):
+        session.config.stash[_PRECOMPILE] = _start_precompile(background=True)
+
+
+def _start_precompile(background):
+    """(the ``--precompile float64`` process, its cache's folder); background: at nice 19."""
     import shutil
     import subprocess
     import sys
     import tempfile
-    if not any(item.name == PRECOMPILE_TEST for item in session.items):
-        return
     cache = tempfile.mkdtemp(prefix="fastbp-precompile-")
     env = dict(os.environ, NUMBA_CACHE_DIR=os.path.join(cache, "cache"), PYTHONWARNINGS="ignore")
     # `nice`, not a preexec_fn: Numba's threads are running by now, and a preexec_fn is not safe
     # in a process with threads
-    nice = ["nice", "-n", "19"] if shutil.which("nice") else []
+    nice = ["nice", "-n", "19"] if background and shutil.which("nice") else []
     proc = subprocess.Popen(nice + [sys.executable, "-m", "fastbp", "--precompile", "float64"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    session.config.stash[_PRECOMPILE] = (proc, cache)
+    return proc, cache
 
 
 _PRECOMPILE = pytest.StashKey()
@@ -83,7 +91,10 @@ def pytest_sessionfinish(session):
 @pytest.fixture
 def precompiled(request):
     """(the finished ``--precompile float64`` process's (returncode, stdout, stderr), its
-    NUMBA_CACHE_DIR), started in the background when the session began (see above)."""
-    proc, cache = request.config.stash[_PRECOMPILE]
+    NUMBA_CACHE_DIR), started in the background when the session began, or now (see above)."""
+    started = request.config.stash.get(_PRECOMPILE, None)
+    if started is None:
+        started = request.config.stash[_PRECOMPILE] = _start_precompile(background=False)
+    proc, cache = started
     out, err = proc.communicate(timeout=900)
     return (proc.returncode, out, err), os.path.join(cache, "cache")

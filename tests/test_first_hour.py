@@ -280,7 +280,7 @@ def test_after_precompile_common_fits_compile_nothing(precompiled):
     process shows no compile notice; ``fastbp.precompile`` (given one name) then finds it all
     cached. One dtype (its paths are those of the other) and one empty cache for the three
     processes: a dtype's precompile costs two to three minutes, run in the background from the
-    session's start (conftest.py)."""
+    session's start, or under pytest-xdist by this test's worker (conftest.py)."""
     (returncode, stdout, stderr), cache = precompiled
     env = dict(NUMBA_CACHE_DIR=cache, PYTHONWARNINGS="ignore")
     assert returncode == 0, stderr[-2000:]
