@@ -46,8 +46,8 @@ import numpy as np
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
-from numba.np.linalg import ensure_blas
 
+from . import _blas
 from . import _compiling
 from . import _pcg
 from . import _threads
@@ -93,13 +93,13 @@ BIAS_BLOCK = 64  # output features per dbias task: one writer per element, rows 
 ROW_BLOCK = 64  # rows per task of the elementwise passes
 UPDATE_CHUNK = 4096  # parameters per optimiser task
 
-# C = alpha op(A) op(B) + beta C in column-major order, Numba's own entry to SciPy's BLAS (what
-# np.dot calls inside @njit; registered when Numba starts, so cached code finds it); ``gemm``.
-ensure_blas()
-_xxgemm = types.ExternalFunction("numba_xxgemm", types.intc(
-    types.char, types.char, types.char, types.intp, types.intp, types.intp, types.voidptr,
-    types.voidptr, types.intp, types.voidptr, types.intp, types.voidptr, types.voidptr,
-    types.intp))
+# C = alpha op(A) op(B) + beta C in column-major order: BLAS's Fortran gemm, every argument by
+# address, NumPy's library where found (``_blas``: registered by name before any kernel is
+# compiled or loaded from the cache); ``gemm``.
+_blas.register()
+_GEMM = {kind: types.ExternalFunction(name, types.void(*(types.voidptr,) * 13))
+         for kind, name in _blas.SYMBOLS.items()}
+_BLAS_MAX = (1 << 31) - 1  # the largest size every library reads right (see _blas)
 PARALLEL_MIN_WORK = 1 << 15  # element operations below which a loop stays on the calling thread
 
 # An index made of offsets that are never negative (layout entries, row numbers, block starts),
@@ -327,9 +327,9 @@ def delta_and_dbias(dbias, dout, out, act):
 def gemm(c, a, b, alpha, beta):
     """c (M, N) = alpha * a (M, K) @ b (K, N) + beta * c, in place; a and b C-contiguous or
     transposed views of C-contiguous arrays (``w.T``). In compiled code one call of BLAS gemm
-    (Numba's entry to SciPy's, which np.dot uses: np.dot has no alpha and beta, which plain SGD's
-    fused step needs, and its own checks and paths made every compiled level that links it
-    longer to compile); here, for NUMBA_DISABLE_JIT=1, NumPy."""
+    (see ``_blas``; not np.dot: it has no alpha and beta, which plain SGD's fused step needs, and
+    its own checks and paths made every compiled level that links it longer to compile); here,
+    for NUMBA_DISABLE_JIT=1, NumPy."""
     if beta == 0:
         c[...] = alpha * (a @ b)
     else:
@@ -339,8 +339,8 @@ def gemm(c, a, b, alpha, beta):
 
 @intrinsic
 def _address_of(typingctx, x):
-    """A pointer to a copy of the scalar x in the caller's stack frame (BLAS takes alpha and beta
-    by address)."""
+    """A pointer to a copy of the scalar x in the caller's stack frame (BLAS's Fortran interface
+    takes every argument by address)."""
     def codegen(context, builder, signature, args):
         slot = cgutils.alloca_once_value(builder, args[0])
         return builder.bitcast(slot, cgutils.voidptr_t)
@@ -352,11 +352,11 @@ def _gemm_compiled(c, a, b, alpha, beta):
     layouts = [getattr(x, "layout", "") for x in (c, a, b)]
     if layouts[0] != "C" or not all(lay in ("C", "F") for lay in layouts[1:]):
         return gemm  # not contiguous: the NumPy form above
-    kind = ord("s") if c.dtype == types.float32 else ord("d")
+    xgemm = _GEMM["s" if c.dtype == types.float32 else "d"]
     # row-major c = a @ b is column-major c^T = b^T @ a^T: a C-contiguous array's memory is its
-    # transpose in column-major order ("n"), a transposed one's is the array itself ("t").
+    # transpose in column-major order ("N"), a transposed one's is the array itself ("T").
     # (ord() here, at typing: in the compiled body it is a compile of its own.)
-    trans_b, trans_a = [ord("n") if lay == "C" else ord("t") for lay in layouts[2:0:-1]]
+    trans_b, trans_a = [np.uint8(ord("N" if lay == "C" else "T")) for lay in layouts[2:0:-1]]
     a_c, b_c = layouts[1] == "C", layouts[2] == "C"
     cast = np.float32 if c.dtype == types.float32 else np.float64
 
@@ -367,11 +367,13 @@ def _gemm_compiled(c, a, b, alpha, beta):
             raise ValueError("gemm: the shapes of c, a and b do not match")
         if M == 0 or N == 0:
             return
-        status = _xxgemm(kind, trans_b, trans_a, N, M, K, _address_of(cast(alpha)), b.ctypes,
-                         max2(1, N if b_c else K), a.ctypes, max2(1, K if a_c else M),
-                         _address_of(cast(beta)), c.ctypes, N)
-        if status != 0:
-            raise RuntimeError("BLAS gemm (SciPy's, through Numba) is not available")
+        if max2(M, max2(N, K)) > _BLAS_MAX:
+            raise ValueError("gemm: a size of 2^31 or more, past what 32-bit BLAS builds read")
+        xgemm(_address_of(trans_b), _address_of(trans_a), _address_of(np.int64(N)),
+              _address_of(np.int64(M)), _address_of(np.int64(K)), _address_of(cast(alpha)),
+              b.ctypes, _address_of(np.int64(max2(1, N if b_c else K))), a.ctypes,
+              _address_of(np.int64(max2(1, K if a_c else M))), _address_of(cast(beta)), c.ctypes,
+              _address_of(np.int64(N)))
     return impl
 
 

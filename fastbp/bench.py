@@ -432,7 +432,7 @@ def environment():
     import scipy
     from threadpoolctl import threadpool_info
 
-    from . import _kernels
+    from . import _blas, _kernels
     _kernels.sgd_update(np.zeros(4), np.zeros(4), np.ones(4), 0.1, 0.0, False, 0.0)  # starts the pool
     cpu = {}
     try:
@@ -455,7 +455,9 @@ def environment():
             pass
     blas = [dict(library=os.path.basename(i["filepath"]), api=i["internal_api"],
                  kernel=i.get("architecture"), version=i.get("version"),
-                 threads=i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
+                 threads=i["num_threads"],
+                 kernels_gemm=os.path.realpath(i["filepath"]) == _blas.library)
+            for i in threadpool_info() if i["user_api"] == "blas"]
     info = dict(cpu=cpu.get("model name", platform.processor()),
                 cpu_family=cpu.get("cpu family"), cpu_model=cpu.get("model"),
                 avx512=cpu.get("avx512"), cores=os.cpu_count(),
@@ -649,8 +651,9 @@ def _print_header(report, out):
     print(f"Numba {env['versions']['numba']}: {env['numba_threads']} threads, "
           f"threading layer {env['threading_layer']}", file=out)
     for b in env["blas"]:
+        ours = " (the gemm fastbp calls)" if b.get("kernels_gemm") else ""
         print(f"BLAS {b['library']}: {b['api']} {b['version']}, kernel {b['kernel']}, "
-              f"{b['threads']} threads", file=out)
+              f"{b['threads']} threads{ours}", file=out)
     print(f"OpenBLAS overrides in the environment: {env['openblas_overrides'] or 'none'}", file=out)
     print("versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), file=out)
     for dt, rate in report["matmul_gflops"].items():
@@ -805,7 +808,6 @@ def main(argv=None):
         return _rss_probe(name, impl, np.dtype(dt), args.quick)
     if args.threads:
         import numba
-        import scipy.linalg.cython_blas  # noqa: F401  load the BLAS Numba calls, so the limit reaches it
         from threadpoolctl import threadpool_limits
         numba.set_num_threads(args.threads)
         threadpool_limits(args.threads)
