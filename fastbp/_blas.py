@@ -5,7 +5,7 @@ called SciPy's (Numba's own entry, ``numba_xxgemm``) until it was measured again
 the same arguments (Cascade Lake, NumPy's OpenBLAS 0.3.31 and SciPy's 0.3.30, float32): NumPy's
 ran a forward gemm of 32 rows 1.4x faster at 512 wide and 1.5x at 2048, of 64 rows at 1024 wide
 1.6-1.9x, of 128 at 4096 1.3x; at large square shapes the two were within 5%, and whole epochs
-with NumPy's took 0.97-1.02x the time at float64 points and up to 1.2x less at float32 ones
+with NumPy's ran 0.96-1.03x as fast at float64 points and up to 1.2x faster at float32 ones
 (README, Performance). One library for the package's gemms and the user's NumPy also means one
 pool of BLAS threads where there were two, each spinning after its calls while the other's
 threads wanted the cores.
