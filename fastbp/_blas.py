@@ -24,12 +24,13 @@ import sys
 
 import numpy as np
 from llvmlite import binding as ll
+from numba.extending import get_cython_function_address
 
 SYMBOLS = {"s": "fastbp_sgemm", "d": "fastbp_dgemm"}  # what compiled code calls
 # Fortran-interface names, ILP64 first: NumPy's PyPI wheels (scipy-openblas64), OpenBLAS built
 # with a symbol suffix, then plain names (MKL, a system OpenBLAS)
 _NAMES = ("scipy_{}gemm_64_", "{}gemm_64_", "scipy_{}gemm_", "{}gemm_")
-SCIPY = "scipy.linalg.cython_blas"
+SCIPY = "scipy.linalg.cython_blas"  # the fallback's module
 
 library = None  # where the gemms were found: the path of NumPy's BLAS, or SCIPY
 
@@ -62,13 +63,7 @@ def _numpy_blas():
 
 def _scipy_blas():
     """{kind: address} of gemm in SciPy's ``cython_blas`` (LP64)."""
-    from scipy.linalg import cython_blas
-    get_name = ctypes.pythonapi.PyCapsule_GetName
-    get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
-    get = ctypes.pythonapi.PyCapsule_GetPointer
-    get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
-    capsules = {k: cython_blas.__pyx_capi__[k + "gemm"] for k in SYMBOLS}
-    return {k: get(c, get_name(c)) for k, c in capsules.items()}
+    return {k: get_cython_function_address(SCIPY, k + "gemm") for k in SYMBOLS}
 
 
 def register():
