@@ -20,9 +20,13 @@ B, C, OC = 9, 6, 5
 # Shapes (B, C, OC) on both sides of _kernels.PARALLEL_MIN_WORK, so the serial and the prange
 # branch of each parallel kernel (activations, sparse layer) are both checked, and the others run
 # over several blocks of rows and columns; the large one only when compiled (too slow as Python).
-SHAPES = {"small": (B, C, OC), "large": (256, 24, 160)}
+# The dense layer's tests add a wide one, with rows of _kernels.ROWWISE_MIN_WIDTH or more (its
+# passes row by row), not a multiple of any vector width.
+SHAPES = {"small": (B, C, OC), "large": (256, 24, 160), "wide": (12, 7, 530)}
 SIZES = ["small"] if numba.config.DISABLE_JIT else ["small", "large"]
+DENSE_SIZES = SIZES + ["wide"]
 assert 256 * 160 >= K.PARALLEL_MIN_WORK > B * C * OC
+assert SHAPES["wide"][2] >= K.ROWWISE_MIN_WIDTH > SHAPES["large"][2]
 
 
 def rand(shape, dtype, seed):
@@ -47,7 +51,7 @@ def central_difference(f, x, eps=1e-6):
 # ----------------------------------------------------------------- dense layer
 
 
-@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("size", DENSE_SIZES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dense_forward_matches_reference(dtype, size):
     B, C, OC = SHAPES[size]
@@ -59,7 +63,7 @@ def test_dense_forward_matches_reference(dtype, size):
     assert rel_err(out, expected) < TOL[dtype]
 
 
-@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("size", DENSE_SIZES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dense_backward_matches_reference(dtype, size):
     B, C, OC = SHAPES[size]
@@ -100,7 +104,7 @@ def test_dense_backward_matches_finite_differences(act):
         assert rel_err(analytic, central_difference(f, x)) < 1e-6
 
 
-@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("size", DENSE_SIZES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dense_backward_with_sgd_step_matches_gradient_then_update(dtype, size):
     """sgd (1,) = (lr,): the layer takes plain SGD's step in its backward (the weight's in one
@@ -138,7 +142,7 @@ def test_sgd_step_on_strided_arrays_matches_the_contiguous_one(dtype):
     assert rel_err(W, W_c) < TOL[dtype]
 
 
-@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("size", DENSE_SIZES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("act", ACTIVATIONS)
 def test_dense_with_activation_matches_reference(act, dtype, size):
@@ -163,6 +167,30 @@ def test_dense_with_activation_matches_reference(act, dtype, size):
     assert rel_err(db, dz.sum(axis=0)) < tol
     assert rel_err(dW, inp.astype(np.float64).T @ dz) < tol
     assert rel_err(dinp, dz @ W.astype(np.float64).T) < tol
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_wide_rows_pass_gives_the_narrow_passes_bits(act, dtype):
+    """Rows of ROWWISE_MIN_WIDTH or more take the bias and the activation in one pass, row by row;
+    the same values laid out as rows half as wide (each with the same half of the bias) take the
+    narrow layers' two flat passes: the same bits. Backward, the derivative is the same bits
+    either way, and dbias is the sum over rows in order, as NumPy's axis-0 sum of a C array."""
+    code = ACT_TABLE[act].code
+    half = K.ROWWISE_MIN_WIDTH - 41
+    z, da = rand((12, 2 * half), dtype, 1) * 3, rand((12, 2 * half), dtype, 2)
+    bias = np.tile(rand(half, dtype, 3), 2)
+    wide, narrow = z.copy(), z.copy().reshape(-1, half)
+    K._bias_act(wide, bias, code)
+    K._bias_act(narrow, bias[:half], code)
+    assert wide.tobytes() == narrow.tobytes()
+    d_wide, d_narrow = da.copy(), da.copy().reshape(-1, half)
+    db_wide, db_narrow = np.empty(2 * half, dtype), np.empty(half, dtype)
+    K.delta_and_dbias(db_wide, d_wide, wide, code)
+    K.delta_and_dbias(db_narrow, d_narrow, narrow, code)
+    assert d_wide.tobytes() == d_narrow.tobytes()
+    for db, d in ((db_wide, d_wide), (db_narrow, d_narrow)):
+        assert db.tobytes() == d.sum(axis=0).tobytes()
 
 
 # ----------------------------------------------------------------- activations
@@ -426,23 +454,24 @@ def test_an_inner_kernel_called_from_python_runs_its_twin():
     assert no_wrapper == "True" and twin == "_act_row__python"
 
 
+@numba.njit
+def gemm_in_layout(c, a, b, alpha, beta, ta, tb):
+    """K.gemm with a (or b) transposed (a.T) where ta (or tb): each layout pair is its own
+    specialisation of the gemm overload."""
+    if ta and tb:
+        K.gemm(c, a.T, b.T, alpha, beta)
+    elif ta:
+        K.gemm(c, a.T, b, alpha, beta)
+    elif tb:
+        K.gemm(c, a, b.T, alpha, beta)
+    else:
+        K.gemm(c, a, b, alpha, beta)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(5, 3, 4), (1, 7, 1), (4, 0, 3), (0, 2, 3)])
 def test_gemm_matches_numpy_for_plain_and_transposed_operands(dtype, shape):
     M, K_, N = shape
-
-    @numba.njit
-    def run(c, a, b, alpha, beta, ta, tb):
-        # each layout pair is its own specialisation of the gemm overload
-        if ta and tb:
-            K.gemm(c, a.T, b.T, alpha, beta)
-        elif ta:
-            K.gemm(c, a.T, b, alpha, beta)
-        elif tb:
-            K.gemm(c, a, b.T, alpha, beta)
-        else:
-            K.gemm(c, a, b, alpha, beta)
-
     for ta in (False, True):
         for tb in (False, True):
             a = rand((K_, M) if ta else (M, K_), dtype, 1)
@@ -450,11 +479,28 @@ def test_gemm_matches_numpy_for_plain_and_transposed_operands(dtype, shape):
             c0 = rand((M, N), dtype, 3)
             for alpha, beta in ((1.0, 0.0), (-0.5, 1.0), (2.0, 0.25)):
                 c = c0.copy()
-                run(c, a, b, alpha, beta, ta, tb)
+                gemm_in_layout(c, a, b, alpha, beta, ta, tb)
                 want = alpha * ((a.T if ta else a).astype(np.float64)
                                 @ (b.T if tb else b).astype(np.float64)) + beta * c0
                 np.testing.assert_allclose(c, want, rtol=1e-5 if dtype == np.float32 else 1e-12,
                                            atol=1e-6 if dtype == np.float32 else 1e-13)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_refuses_operands_whose_shapes_do_not_match(dtype):
+    """Every layout, each of the three mismatches: a ValueError, and c untouched."""
+    M, K_, N = 4, 3, 5
+    for ta in (False, True):
+        for tb in (False, True):
+            for c_shape, a_shape, b_shape in (((M, N), (M, K_ + 1), (K_, N)),
+                                              ((M + 1, N), (M, K_), (K_, N)),
+                                              ((M, N + 1), (M, K_), (K_, N))):
+                c = np.full(c_shape, 7, dtype)
+                a = np.ones(a_shape[::-1] if ta else a_shape, dtype)
+                b = np.ones(b_shape[::-1] if tb else b_shape, dtype)
+                with pytest.raises(ValueError):
+                    gemm_in_layout(c, a, b, 1.0, 0.0, ta, tb)
+                assert (c == 7).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
