@@ -172,10 +172,10 @@ def test_dense_with_activation_matches_reference(act, dtype, size):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("act", ACTIVATIONS)
 def test_wide_rows_pass_gives_the_narrow_passes_bits(act, dtype):
-    """Rows of ROWWISE_MIN_WIDTH or more take the bias and the activation in one pass, row by row;
-    the same values laid out as rows half as wide (each with the same half of the bias) take the
-    narrow layers' two flat passes: the same bits. Backward, the derivative is the same bits
-    either way, and dbias is the sum over rows in order, as NumPy's axis-0 sum of a C array."""
+    """Rows of ROWWISE_MIN_WIDTH or more take the bias and the activation row by row; the same
+    values laid out as rows half as wide (each with the same half of the bias) take the narrow
+    layers' flat passes: the same bits. Backward, the derivative is the same bits either way,
+    and dbias is the sum over rows in order, as NumPy's axis-0 sum of a C array."""
     code = ACT_TABLE[act].code
     half = K.ROWWISE_MIN_WIDTH - 41
     z, da = rand((12, 2 * half), dtype, 1) * 3, rand((12, 2 * half), dtype, 2)
