@@ -379,7 +379,9 @@ def _address_of(typingctx, x):
     return types.voidptr(x), codegen
 
 
-_N = np.uint8(ord("N"))
+# BLAS's "N" and "T" (no transpose, transpose) as the bytes it reads; module constants, not ord()
+# in compiled code, where it is a compile of its own
+_N, _T = np.uint8(ord("N")), np.uint8(ord("T"))
 
 
 @inner()
@@ -418,8 +420,7 @@ def _gemm_compiled(c, a, b, alpha, beta):
     single = c.dtype == types.float32
     # row-major c = a @ b is column-major c^T = b^T @ a^T: a C-contiguous array's memory is its
     # transpose in column-major order ("N"), a transposed one's is the array itself ("T").
-    # (ord() here, at typing: in the compiled body it is a compile of its own.)
-    trans_b, trans_a = [np.uint8(ord("N" if lay == "C" else "T")) for lay in layouts[2:0:-1]]
+    trans_b, trans_a = [_N if lay == "C" else _T for lay in layouts[2:0:-1]]
 
     def impl(c, a, b, alpha, beta):
         _xgemm(single, trans_b, trans_a, c.shape, a.shape, b.shape, np.float64(alpha),
