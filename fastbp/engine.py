@@ -424,23 +424,24 @@ class FullBatch:
         return value, self.grads
 
 
-def precompile(dtypes=check.FLOAT_DTYPES):
+def precompile(dtypes=check.FLOAT_DTYPES, losses=None):
     """Compile (or load from Numba's disk cache) every kernel fastbp calls, for each dtype, so
     that the first real fit starts at once: ``fastbp.precompile()``, or ``python -m fastbp
     --precompile`` after installing. Every path and loss: 2-3 minutes a dtype on 2 cores (each
     fit compiles only its own, see _kernels.TRAIN_EPOCHS). dtypes: one dtype, or several
-    (float32, float64; names, types or dtypes), all checked before anything compiles. Returns the
-    seconds each dtype took, by name."""
+    (float32, float64; names, types or dtypes); losses: None for every loss, or the names of
+    those to compile (a quarter of the time each: a classifier needs "bce" and "cross_entropy"
+    only); all checked before anything compiles. Returns the seconds each dtype took, by name."""
     from .losses import LOSSES
     from .network import Network  # network imports this module
-    if isinstance(dtypes, (str, type, np.dtype)):
-        dtypes = (dtypes,)
-    try:
-        dtypes = list(dtypes)
-    except TypeError:
-        raise TypeError("dtypes must be a dtype (np.float32 or np.float64) or a sequence of them; "
-                        f"got {dtypes!r}") from None
-    dtypes = list(dict.fromkeys(check.float_dtype(d, "each of dtypes") for d in dtypes))
+    dtypes = list(dict.fromkeys(check.float_dtype(d, "each of dtypes")
+                                for d in _names(dtypes, "dtypes", "a dtype (np.float32 or "
+                                                "np.float64)", (str, type, np.dtype))))
+    losses = LOSSES if losses is None else {
+        name: LOSSES[check.choice(name, "each of losses", LOSSES)]
+        for name in _names(losses, "losses", "None, a loss name", (str,))}
+    if not losses:
+        raise ValueError("losses is empty: name at least one loss, or None for every loss")
     seconds = {}
     for dtype in dtypes:
         t0 = time.perf_counter()
@@ -450,7 +451,7 @@ def precompile(dtypes=check.FLOAT_DTYPES):
         for sizes, n, several in (([3, 4, 2], 64, 32), ([64, 64, 2], 64, 32),
                                   ([64, 64, 2], 256, 128)):
             X = rng.standard_normal((n, sizes[0])).astype(dtype)
-            for loss, kind in LOSSES.items():  # TRAIN_EPOCHS has one function per loss
+            for loss, kind in losses.items():  # TRAIN_EPOCHS has one function per loss
                 y = (rng.integers(0, 2, n) if kind.targets == "labels"
                      else rng.integers(0, 2, (n, 2)).astype(dtype))  # 0/1: binary, real, counts
                 net = Network(sizes, loss=loss, seed=0, dtype=dtype)
@@ -468,3 +469,13 @@ def precompile(dtypes=check.FLOAT_DTYPES):
         _chunks.ready()  # the row chunks' runners: asked for, compiled in the background
         seconds[dtype.name] = time.perf_counter() - t0
     return seconds
+
+
+def _names(value, name, one, single):
+    """value as a list: one item (of a type in single), or a sequence of items."""
+    if isinstance(value, single):
+        return [value]
+    try:
+        return list(value)
+    except TypeError:
+        raise TypeError(f"{name} must be {one} or a sequence of them; got {value!r}") from None

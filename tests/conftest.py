@@ -44,12 +44,14 @@ def torch():
     return pytest.importorskip("torch")
 
 
-# ``python -m fastbp --precompile float64`` into an empty cache takes two to three minutes of one
-# core, which test_first_hour's precompile test needs. In a run on one process it is started when
-# the session's tests are known, in the background at the lowest priority: it compiles on the
-# core the suite leaves idle (most tests compile or run on one thread) and is done by the time
-# that test runs. Under pytest-xdist (``-n``) the workers keep every core busy and each collects
-# every test, so the test's own fixture starts it, in the worker that runs it.
+# ``python -m fastbp --precompile float64 --losses bce cross_entropy`` into an empty cache takes a
+# minute or two of one core (every loss: 2-5), which test_first_hour's precompile test needs (its
+# common fits are of those two losses; every loss's paths are the same code). In a run on one
+# process it is started when the session's tests are known, in the background at the lowest
+# priority: it compiles on the core the suite leaves idle (most tests compile or run on one
+# thread) and is done by the time that test runs. Under pytest-xdist (``-n``) the workers keep
+# every core busy and each collects every test, so the test's own fixture starts it, in the
+# worker that runs it.
 PRECOMPILE_TEST = "test_after_precompile_common_fits_compile_nothing"
 
 
@@ -61,7 +63,7 @@ def pytest_collection_finish(session):
 
 
 def _start_precompile(background):
-    """(the ``--precompile float64`` process, its cache's folder); background: at nice 19."""
+    """(the precompile process, its cache's folder); background: at nice 19."""
     import shutil
     import subprocess
     import sys
@@ -71,7 +73,8 @@ def _start_precompile(background):
     # `nice`, not a preexec_fn: Numba's threads are running by now, and a preexec_fn is not safe
     # in a process with threads
     nice = ["nice", "-n", "19"] if background and shutil.which("nice") else []
-    proc = subprocess.Popen(nice + [sys.executable, "-m", "fastbp", "--precompile", "float64"],
+    proc = subprocess.Popen(nice + [sys.executable, "-m", "fastbp", "--precompile", "float64",
+                                    "--losses", "bce", "cross_entropy"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     return proc, cache
 
@@ -90,8 +93,9 @@ def pytest_sessionfinish(session):
 
 @pytest.fixture
 def precompiled(request):
-    """(the finished ``--precompile float64`` process's (returncode, stdout, stderr), its
-    NUMBA_CACHE_DIR), started in the background when the session began, or now (see above)."""
+    """(the finished ``--precompile float64 --losses bce cross_entropy`` process's (returncode,
+    stdout, stderr), its NUMBA_CACHE_DIR), started in the background when the session began, or
+    now (see above)."""
     started = request.config.stash.get(_PRECOMPILE, None)
     if started is None:
         started = request.config.stash[_PRECOMPILE] = _start_precompile(background=False)

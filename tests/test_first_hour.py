@@ -1,6 +1,7 @@
 """The first hour with fastbp, as a newcomer meets it from the README: defaults, schedules,
 resume, the history, logs, summary and score, plots, install hints, the demo's help, and the
 notice while the kernels compile."""
+import contextlib
 import os
 import pickle
 import subprocess
@@ -274,18 +275,21 @@ for dtype in (np.float64,):  # one dtype: the paths are the same for both
 
 
 def test_after_precompile_common_fits_compile_nothing(precompiled):
-    """``python -m fastbp --precompile float64`` compiles every path a common fit takes
-    (train_epochs compiles one per loss and plan: the fused loop, the per-layer kernels on whole
-    batches or in row chunks, plain SGD, an optimiser, the estimators' L2), so that the next
-    process shows no compile notice; ``fastbp.precompile`` (given one name) then finds it all
-    cached. One dtype (its paths are those of the other) and one empty cache for the three
-    processes: a dtype's precompile costs two to three minutes, run in the background from the
-    session's start, or under pytest-xdist by this test's worker (conftest.py)."""
+    """``python -m fastbp --precompile float64 --losses bce cross_entropy`` compiles every path a
+    common fit of those losses takes (train_epochs compiles one per loss and plan: the fused
+    loop, the per-layer kernels on whole batches or in row chunks, plain SGD, an optimiser, the
+    estimators' L2), so that the next process shows no compile notice; ``fastbp.precompile``
+    (given names) then finds it all cached. One dtype (its paths are those of the other), the
+    classifiers' two losses (each loss's paths are the same code; that every loss is precompiled
+    is checked below), and one empty cache for the three processes: such a precompile costs a
+    minute or two, run in the background from the session's start, or under pytest-xdist by this
+    test's worker (conftest.py)."""
     (returncode, stdout, stderr), cache = precompiled
     env = dict(NUMBA_CACHE_DIR=cache, PYTHONWARNINGS="ignore")
     assert returncode == 0, stderr[-2000:]
     assert stdout.startswith("float64: ready in") and "float32" not in stdout
-    api = _run("import fastbp; print(sorted(fastbp.precompile('float64')))", **env)
+    api = _run("import fastbp; print(sorted(fastbp.precompile('float64', ['cross_entropy', "
+               "'bce'])))", **env)
     assert api.returncode == 0 and api.stdout.split() == ["['float64']"], api.stderr[-2000:]
     assert "compiling" not in api.stderr
     run = _run(COMMON_FITS, **env)
@@ -297,15 +301,76 @@ def test_precompile_without_dtypes_readies_both_and_refuses_others(monkeypatch, 
     from fastbp.__main__ import main
     asked = []
 
-    def precompile(dtypes):
-        asked.append(dtypes)
+    def precompile(dtypes, losses):
+        asked.append((dtypes, losses))
         return {dtypes[0]: 1.0}
 
     monkeypatch.setattr(fastbp, "precompile", precompile)
     main(["--precompile"])
-    assert asked == [("float32",), ("float64",)]
+    assert asked == [(("float32",), None), (("float64",), None)]
     assert capsys.readouterr().out.splitlines() == ["float32: ready in 1.0 s",
                                                     "float64: ready in 1.0 s"]
-    with pytest.raises(SystemExit):
-        main(["--precompile", "float16"])
-    assert "invalid choice: 'float16'" in capsys.readouterr().err
+    main(["--precompile", "float64", "--losses", "mse", "bce"])
+    assert asked[2:] == [(("float64",), ["mse", "bce"])]
+    for wrong, words in ((["--precompile", "float16"], "invalid choice: 'float16'"),
+                         (["--precompile", "--losses", "hinge"], "invalid choice: 'hinge'"),
+                         (["--losses", "bce"], "--losses goes with --precompile")):
+        with pytest.raises(SystemExit):
+            main(wrong)
+        assert words in capsys.readouterr().err
+    assert len(asked) == 3
+
+
+@pytest.mark.parametrize("losses", [None, "mse", ["poisson", "bce"], ("bce", "bce")])
+def test_precompile_fits_every_path_of_each_loss_asked_for(monkeypatch, losses):
+    """What ``fastbp.precompile`` runs, recorded instead of compiled: for each loss asked for
+    (every loss by default; a name repeated once) the same fits, predictions and gradients, on
+    the fused loop's sizes, the per-layer kernels' and the row chunks' batches."""
+    from fastbp import engine
+    from fastbp.losses import LOSSES
+    ran = []
+
+    def record(what):
+        return lambda net, *args, **kwargs: ran.append(
+            (net.loss_name, what, net.sizes, args[0].shape[0], kwargs.get("batch_size"),
+             kwargs.get("optimizer"), kwargs.get("l2"), net.dtype))
+
+    for what in ("fit", "predict", "gradients"):
+        monkeypatch.setattr(fastbp.Network, what, record(what))
+
+    class FullBatch:  # the L-BFGS call, recorded
+        def __init__(self, net, X, Y, SW):
+            record("full batch")(net, X)
+
+        def threads(self):
+            return contextlib.nullcontext()
+
+        def __call__(self):
+            pass
+
+    monkeypatch.setattr(engine, "FullBatch", FullBatch)
+    seconds = fastbp.precompile(["float32", np.float64], losses)
+    assert list(seconds) == ["float32", "float64"]
+    names = list(LOSSES) if losses is None else list(dict.fromkeys(np.atleast_1d(losses)))
+    assert list(dict.fromkeys(r[0] for r in ran)) == names
+    per_loss = {name: [r[1:] for r in ran if r[0] == name] for name in names}
+    first = per_loss[names[0]]
+    assert all(calls == first for calls in per_loss.values())
+    assert len(first) == 2 * 3 * 7  # two dtypes, three network and batch sizes, seven calls
+    assert {c[4] for c in first} == {None, "adam"} and {c[5] for c in first} == {None, (1e-4, 1e-4)}
+    assert {c[0] for c in first} == {"fit", "predict", "gradients", "full batch"}
+
+
+@pytest.mark.parametrize("losses,exc,words", [
+    ("hinge", ValueError, r"each of losses must be one of \['bce', 'cross_entropy', 'mse', "
+                          r"'poisson'\]; got 'hinge'"),
+    ([], ValueError, "losses is empty: name at least one loss, or None for every loss"),
+    (3, TypeError, "losses must be None, a loss name or a sequence of them; got 3"),
+])
+def test_precompile_refuses_other_losses_before_compiling(monkeypatch, losses, exc, words):
+    def fit(*args, **kwargs):
+        raise AssertionError("a fit ran before the losses were checked")
+
+    monkeypatch.setattr(fastbp.Network, "fit", fit)
+    with pytest.raises(exc, match=words):
+        fastbp.precompile("float32", losses)

@@ -91,7 +91,7 @@ if kind == "xor":
     epochs = 10**8
 else:
     rng = np.random.default_rng(0)
-    X, y = rng.standard_normal((4000, 256)), rng.integers(0, 10, 4000)
+    X, y = rng.standard_normal((2000, 256)), rng.integers(0, 10, 2000)
     make = lambda: fastbp.Network([256, 512, 512, 10], seed=0, dtype=np.float64)
     kw = dict(lr=0.01, momentum=0.9, batch_size=64)
     epochs = 10**4
@@ -130,8 +130,9 @@ def test_ctrl_c_stops_within_half_a_second_at_a_consistent_point(tmp_path, kind)
         started, epoch_s = proc.stdout.readline().split()
         assert started == "started"
         # long enough for a few epochs, so the interrupt comes mid-run with some done, on a
-        # slow or busy machine too (a BLAS epoch takes 0.3 s here alone, 0.6-0.9 beside a busy
-        # core, and took more than 1.5 s beside the other worker of a pytest-xdist run)
+        # slow or busy machine too (a BLAS epoch of 2000 rows takes 0.16 s here alone; 4000 rows
+        # took 0.3 s, 0.6-0.9 beside a busy core, and more than 1.5 s beside the other worker of
+        # a pytest-xdist run)
         time.sleep(1.5 + 3 * float(epoch_s))
         sent = time.time()
         proc.send_signal(signal.SIGINT)
