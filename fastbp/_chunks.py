@@ -53,9 +53,9 @@ def arguments(grads, params, X, Y, SW, index, layout, acts, ws):
 def key(loss, args):
     """What names the chunks' code for the loss code ``loss`` and the types of args
     (``arguments``): a key for ``address`` and ``request``. Numba's typing of the arguments took
-    166 us (measured), so each distinct description of them (``_describe``: what Numba's type of
+    166 us (measured), so each distinct description of them (``describe``: what Numba's type of
     an array is made of) is typed once."""
-    description = (loss,) + tuple(map(_describe, args))
+    description = (loss,) + tuple(map(describe, args))
     found = _keys.get(description)
     if found is None:
         found = _keys[description] = (loss, typeof(args))
@@ -65,7 +65,10 @@ def key(loss, args):
 _keys = {}  # descriptions of arguments (see key) -> keys
 
 
-def _describe(a):
+def describe(a):
+    """What Numba's type of a is made of (an array's, a tuple's items', or a scalar's type)."""
+    if isinstance(a, tuple):
+        return tuple(map(describe, a))
     if not isinstance(a, np.ndarray):
         return type(a)
     flags = a.flags  # Numba's array type: dtype, dimensions, layout, read-only, aligned
@@ -78,7 +81,8 @@ def _signature(argtypes):
     return (types.int64, types.StarArgTuple((types.int64,) + tuple(argtypes.types)))
 
 
-def _pointer(dispatcher, signature):
+def pointer(dispatcher, signature):
+    """The address of the machine code of ``dispatcher`` compiled for ``signature``."""
     compiled = dispatcher.overloads[signature]
     return compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
 
@@ -119,7 +123,7 @@ def _compile(argtypes):
     signature = _signature(argtypes)
     try:
         K.CHUNK_RUNNER.compile(signature)
-        found = _pointer(K.CHUNK_RUNNER, signature)
+        found = pointer(K.CHUNK_RUNNER, signature)
     except Exception as exc:  # the chunks keep running in turn: slower, the same bits
         warnings.warn(f"fastbp: the row chunks' parallel runner did not compile ({exc!r}); the "
                       "chunks run on one thread", RuntimeWarning, stacklevel=1)

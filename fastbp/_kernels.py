@@ -30,7 +30,9 @@ wrappers, and no optimisation or machine code of their own, which their callers 
 inlined; a call from Python, as the tests and ``Network.gradients`` make, goes to a twin
 compiled the ordinary way: the engine's own backup, restore and finiteness check on the epochs it
 steps in Python use NumPy, so no fit compiles such twins); the drivers, and the kernels the Python
-layer calls on every fit or predict, are plain ``@njit``.
+layer calls on every fit or predict, are plain ``@njit``. The training loop of a network run by
+the per-layer kernels calls its batch kernel (``BATCH_STEP``) through an address it is handed
+(``_batch.py``), so the network's pass is compiled once for all the loop's plans.
 
 Reproducibility: every ``prange`` loop gives each iteration its own output elements (rows of
 ``out``, blocks of rows, blocks of ``dweight``, a chunk's own gradient buffer), and every sum runs
@@ -1582,6 +1584,54 @@ def _batch_layers_compiled(loss, grads, params, X, Xs, Y, SW, index, start, stop
     return chunks
 
 
+def _batch_step(loss):
+    """``batch_step`` for the loss code ``loss`` (see BATCH_STEP)."""
+    @njit(cache=True, nogil=True, **NO_WRAPPERS)
+    @distinct(loss)
+    def batch_step(fp, *args):
+        """``_batch_layers(loss, *args)``, args (grads, params, X, Xs, Y, SW, index, start, stop,
+        layout, acts, inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct, sgd, runner), for
+        a driver that calls it through its address (``call_at``), if fp is the fingerprint of
+        args' types; else it raises (the caller compiled it for other types: a bug)."""
+        if fp != fingerprint(*args):
+            raise TypeError("fastbp: the batch kernel was called with arguments of other types "
+                            "than it was compiled for")
+        (grads, params, X, Xs, Y, SW, index, start, stop, layout, acts, inp_buf, tgt_buf,
+         act_buf, delta_buf, row_loss, correct, sgd, runner) = args
+        return np.float64(_batch_layers(loss, grads, params, X, Xs, Y, SW, index, start, stop,
+                                        layout, acts, inp_buf, tgt_buf, act_buf, delta_buf,
+                                        row_loss, correct, sgd, runner))
+    return batch_step
+
+
+# A batch through the per-layer kernels for TRAIN_EPOCHS, one per loss, compiled apart from it
+# (``_batch``) and called through its address: the network's forward and backward pass compiled
+# once for a loss and argument types, not again inside each of the driver's plans (plain SGD, an
+# optimiser, L2, bounded steps), which LLVM optimised afresh each time with the whole pass
+# inlined (3-4 s of every further plan's compile, measured).
+BATCH_STEP = tuple(_batch_step(c) for c in LOSS_CODES)
+
+
+def _batch_through(at, loss, grads, params, X, Xs, Y, SW, index, start, stop, layout, acts,
+                   inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct, sgd, runner):
+    """``_batch_layers`` for TRAIN_EPOCHS: compiled, BATCH_STEP[loss] through its address at
+    (``_batch.address``); this plain function, with Numba's JIT off, calls it directly."""
+    return _batch_layers(loss, grads, params, X, Xs, Y, SW, index, start, stop, layout, acts,
+                         inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct, sgd, runner)
+
+
+@overload(_batch_through, jit_options=LINKED)
+def _batch_through_compiled(at, loss, grads, params, X, Xs, Y, SW, index, start, stop, layout,
+                            acts, inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct, sgd,
+                            runner):
+    def through(at, loss, grads, params, X, Xs, Y, SW, index, start, stop, layout, acts, inp_buf,
+                tgt_buf, act_buf, delta_buf, row_loss, correct, sgd, runner):
+        return call_at(at, np.float64(0), grads, params, X, Xs, Y, SW, index, start, stop,
+                       layout, acts, inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct,
+                       sgd, runner)
+    return through
+
+
 # The fused loop's activation passes run over a few units (XOR: blocks of 16 values): there at
 # LLVM's own vector width, not ``wide``, whose 64-value steps left such blocks to the scalar
 # remainder (W1 13-15% slower, measured). The same code, compiled a second way.
@@ -1792,7 +1842,7 @@ def _train_epochs(fused, loss):
     def train_epochs(params, state, step, grads, epoch_loss, X, Xs, Y, SW, order, rng, lrs,
                      layout, acts, batch_size, opt, hyper, l2,
                      inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct, backup, bound,
-                     runner):
+                     batch_at, runner):
         """Minibatch training for E = epoch_loss.shape[0] epochs, all inside compiled code.
 
         X (M, C_0), Xs, Y (M, T), SW (M,) or (0,) and l2 as for ``batch_gradients``;
@@ -1816,9 +1866,11 @@ def _train_epochs(fused, loss):
         of one batch an epoch with plain SGD through the per-layer kernels, else None (the
         engine decides): such an epoch over all the rows makes no backup when ``bounded_step``
         proves that its step leaves every parameter finite (bound its workspace); a non-finite
-        loss then means that no step was taken, and nothing needs restoring. runner: see
-        _batch_layers (None for the fused loop). Compiled without the GIL: a runner
-        compiles on another thread meanwhile (``_chunks``).
+        loss then means that no step was taken, and nothing needs restoring. batch_at: the
+        address of BATCH_STEP[loss] compiled for the batches' arguments (``_batch.address``; 0
+        for the fused loop or with the JIT off). runner: see _batch_layers (None for the fused
+        loop). Compiled without the GIL: a runner compiles on another thread meanwhile
+        (``_chunks``).
 
         Returns the number of epochs completed. Fewer than E means the loss or a parameter went
         non-finite in the next epoch; params, state, step and rng are then restored to their
@@ -1881,9 +1933,9 @@ def _train_epochs(fused, loss):
                                                    layout, acts, loss, act_buf, delta_buf, correct,
                                                    sgd)
                 else:
-                    value = _batch_layers(loss, grads, params, X, Xs, Y, SW, index, start, stop,
-                                          layout, acts, inp_buf, tgt_buf, act_buf, delta_buf,
-                                          row_loss, correct, sgd, runner)
+                    value = _batch_through(batch_at, loss, grads, params, X, Xs, Y, SW, index,
+                                           start, stop, layout, acts, inp_buf, tgt_buf, act_buf,
+                                           delta_buf, row_loss, correct, sgd, runner)
                 if l2 is not None:
                     value = _with_l2(value, grads, params, layout, SW, index, start, stop, l2)
                 if not np.isfinite(value):

@@ -17,6 +17,7 @@ import numpy as np
 from numba.core import config
 
 from . import _kernels as K
+from . import _batch
 from . import _chunks
 from . import _pcg
 from . import _threads
@@ -172,6 +173,8 @@ class Engine:
         # batches in row chunks (see _chunks): the runner's key for run_epochs' arrays, once known
         self.chunked = _chunked(net, rows, data.Xs)
         self._run_key = None
+        self._run_at = None  # run_epochs' batch kernel's address (see _batch_at), once known
+        self.fused = fused
         self._train = K.TRAIN_EPOCHS[fused][loss]
         self._gradients = K.BATCH_GRADIENTS[fused][loss]
         if reducer is not None:
@@ -183,6 +186,14 @@ class Engine:
         """The thread split for this network (see _threads.compute): Numba's threads when its
         batches run in row chunks."""
         return _threads.compute(self.blas, self.chunked)
+
+    def _batch_at(self, X, Xs, Y, SW, order, lrs):
+        """The address of the per-layer batch kernel for a call of the training loop on these
+        arrays (see _batch), or 0 for the fused loop, which has none."""
+        if self.fused:
+            return 0
+        return _batch.address(self.net, self.grads, X, Xs, Y, SW, order, lrs, self.ws,
+                              self.chunked)
 
     def _key(self, X, Y, SW, index):
         """The row chunks' runner's key for a call on these arrays (index one row of the
@@ -256,8 +267,11 @@ class Engine:
             _pcg.load(rng, words)
         if self.chunked and self._run_key is None:
             self._run_key = self._key(d.X, d.Y, d.SW, order[0])
+        if self._run_at is None:
+            self._run_at = self._batch_at(d.X, d.Xs, d.Y, d.SW, order, lrs)
         done = _call(self._train, self._run_key, net._params, opt.state, step, self.grads,
-                     losses, d.X, d.Xs, d.Y, d.SW, order, words, lrs, *self._fixed)
+                     losses, d.X, d.Xs, d.Y, d.SW, order, words, lrs, *self._fixed,
+                     self._run_at)
         if rng is not None:
             _pcg.store(rng, words)
         opt.step = int(step[0])
@@ -323,7 +337,8 @@ class Engine:
         done = _call(self._train, self._key(X, Y, SW, order[0]), self.net._params, opt.state,
                      step, self.grads, total, X, Xs, Y, SW, order, self.no_rng, lrs,
                      self.net._layout, self.net._acts, d.batch, opt.code, self._hyper, self._l2,
-                     *self.ws, self.no_backup, self.bound)
+                     *self.ws, self.no_backup, self.bound,
+                     self._batch_at(X, Xs, Y, SW, order, lrs))
         opt.step = int(step[0])
         return bool(done)
 

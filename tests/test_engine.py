@@ -258,3 +258,66 @@ def test_a_forward_pass_that_overflows_is_never_taken_as_bounded():
             net.fit(X, y, epochs=1, batch_size=64, lr=1e-3,
                     **(dict(callbacks=[lambda *a: None]) if pieces else {}))
         assert np.array_equal(net._params, before)
+
+
+def test_every_plan_of_a_network_calls_one_batch_kernel_compiled_apart(monkeypatch):
+    """A network run by the per-layer kernels compiles its training loop once per plan (plain
+    SGD, an optimiser, an L2 penalty, bounded one-batch epochs), and each calls the batch kernel
+    through the address it is handed (``_batch``): one address for the same arrays' types,
+    another for batches in row chunks (whose runner argument is a number), none for the fused
+    loop. The kernel's maths is tested against the reference elsewhere; here, that the plans
+    share it and give the bits of a run cut into single epochs."""
+    from fastbp import _batch
+    handed = []
+    real = _batch.address
+    monkeypatch.setattr(_batch, "address", lambda *a: handed.append(real(*a)) or handed[-1])
+    X, y = make_data("cross_entropy", 256, 64, 3, seed=5)
+    # batches of 64 rows and fewer run whole at these sizes, of 128 and more in row chunks
+    plans = [dict(), dict(optimizer="adam"), dict(optimizer="adam", l2=(1e-3, 1e-3)),
+             dict(momentum=0.9), dict(batch_size=32), dict(batch_size=32, optimizer="adam")]
+    for kw in plans:
+        kw.setdefault("batch_size", 64)  # one batch an epoch unless given
+        net = fastbp.Network([64, 64, 3], seed=0, dtype=np.float64)
+        net.fit(X[:64], y[:64], epochs=3, lr=0.05, **kw)
+        one = fastbp.Network([64, 64, 3], seed=0, dtype=np.float64)
+        for _ in range(3):
+            one.fit(X[:64], y[:64], epochs=1, lr=0.05, resume=one.epoch > 0, **kw)
+        assert np.array_equal(net._params, one._params), kw
+    whole = set(handed)
+    assert len(whole) == 1 and 0 not in whole
+    handed.clear()
+    fastbp.Network([64, 64, 3], seed=0, dtype=np.float64).fit(X, y, epochs=1, batch_size=128)
+    assert len(set(handed)) == 1 and not set(handed) & whole and 0 not in handed  # row chunks
+    handed.clear()
+    fastbp.Network([4, 5, 3], seed=0).fit(X[:, :4], y, epochs=1, batch_size=32)
+    assert handed == []  # the fused loop: no batch kernel to hand
+
+
+def test_the_batch_kernel_refuses_arguments_of_other_types_than_its_own():
+    """Called through its address with arguments of other types than it was compiled for, the
+    batch kernel raises instead of reading them as its own (the fingerprint, see
+    _kernels.call_at)."""
+    from numba import njit
+
+    from fastbp import _batch
+    from fastbp import _kernels as K
+    from fastbp.engine import workspaces
+    X, y = make_data("mse", 64, 64, 3, seed=6)
+    net = fastbp.Network([64, 64, 3], loss="mse", seed=0, dtype=np.float64)
+    net.fit(X, y, epochs=1, batch_size=64)
+    ws, grads = workspaces(net, 64, 3), np.empty_like(net._params)
+    order, lrs = np.arange(64)[None, :], np.full(1, 0.1)
+    at = _batch.address(net, grads, X, None, y, np.empty(0), order, lrs, ws, False)
+
+    @njit
+    def through(at, *args):
+        return K._batch_through(at, K.LOSS_MSE, *args)
+
+    args = [grads, net._params, X, None, y, np.empty(0), order[0], 0, 64, net._layout, net._acts,
+            *ws, lrs[:1], None]
+    before = net._params.copy()
+    assert np.isfinite(through(at, *args))  # its own types: runs, the step taken
+    assert not np.array_equal(net._params, before)
+    args[2] = X.astype(np.float32)
+    with pytest.raises(TypeError, match="arguments of other types than it was compiled for"):
+        through(at, *args)

@@ -157,8 +157,8 @@ def test_every_compiled_function_of_the_kernels_has_a_name_of_its_own():
     names = [d.py_func.__qualname__ for d in found.values()]
     assert len(found) > 40 and len(set(names)) == len(names)
     per_loss = [d.py_func.__qualname__
-                for d in K.CHUNK + K.BATCH_LAYERS + K.EVALUATE]
-    assert len(set(per_loss)) == 3 * len(K.LOSS_CODES)
+                for d in K.CHUNK + K.BATCH_LAYERS + K.EVALUATE + K.BATCH_STEP]
+    assert len(set(per_loss)) == 4 * len(K.LOSS_CODES)
 
 
 def test_the_activation_passes_ask_for_512_bit_vectors_and_no_other_code_does():
