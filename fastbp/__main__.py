@@ -109,7 +109,7 @@ def main(argv=None):
     parser.add_argument("--precompile", nargs="*", choices=FLOAT_DTYPES, metavar="DTYPE",
                         help="only compile the kernels for the dtypes given (float32, float64; "
                              "both when none is) or load them from the cache, so that later fits "
-                             "start at once: every path and loss, 1.5-2 minutes per dtype on 2 "
+                             "start at once: every path and loss, 2-3 minutes per dtype on 2 "
                              "cores")
     parser.add_argument("--losses", nargs="+", choices=LOSSES, metavar="LOSS",
                         help="with --precompile: only these losses (bce, cross_entropy, mse, "
