@@ -12,6 +12,7 @@ import operator
 
 from numba import typeof, types
 from numba.core import config
+from numba.core.compiler_lock import global_compiler_lock
 from numba.core.registry import cpu_target
 
 from . import _chunks
@@ -22,10 +23,14 @@ _found = {}  # descriptions of the arguments (see _chunks.key) -> the address
 
 def _indexed(array_type, index_type):
     """Numba's type of array[index] inside compiled code: a row of a 2-D order, a slice of the
-    learning rates (a view keeps or loses its layout as Numba, not NumPy, decides)."""
-    ctx = cpu_target.typing_context
-    ctx.refresh()
-    return ctx.resolve_function_type(operator.getitem, (array_type, index_type), {}).return_type
+    learning rates (a view keeps or loses its layout as Numba, not NumPy, decides). Under Numba's
+    compiler lock: its typing context is not for two threads at once, and the row chunks' runner
+    may be compiling on another (see _chunks)."""
+    with global_compiler_lock:
+        ctx = cpu_target.typing_context
+        ctx.refresh()
+        return ctx.resolve_function_type(operator.getitem, (array_type, index_type),
+                                         {}).return_type
 
 
 def address(net, grads, X, Xs, Y, SW, order, lrs, ws, chunked):
