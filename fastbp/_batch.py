@@ -10,7 +10,7 @@ argument of the loop, as the row chunks' runner's is (``_chunks``).
 """
 import operator
 
-from numba import typeof, types
+from numba import types
 from numba.core import config
 from numba.core.compiler_lock import global_compiler_lock
 from numba.core.registry import cpu_target
@@ -18,7 +18,7 @@ from numba.core.registry import cpu_target
 from . import _chunks
 from . import _kernels as K
 
-_found = {}  # descriptions of the arguments (see _chunks.key) -> the address
+_found = {}  # (the arguments' key (_chunks.key), chunked) -> the address
 
 
 def _indexed(array_type, index_type):
@@ -40,18 +40,18 @@ def address(net, grads, X, Xs, Y, SW, order, lrs, ws, chunked):
     None); 0 with Numba's JIT off, where the loop calls the kernel itself."""
     if config.DISABLE_JIT:
         return 0
-    loss = net._loss.code
-    args = (grads, net._params, X, Xs, Y, SW, order, net._layout, net._acts, *ws, lrs)
-    description = (loss, chunked) + tuple(map(_chunks.describe, args))
-    found = _found.get(description)
+    key = _chunks.key(net._loss.code, (grads, net._params, X, Xs, Y, SW, order, net._layout,
+                                       net._acts, *ws, lrs))
+    found = _found.get((key, chunked))
     if found is None:
-        found = _found[description] = _compile(loss, args, chunked)
+        found = _found[key, chunked] = _compile(key, chunked)
     return found
 
 
-def _compile(loss, args, chunked):
+def _compile(key, chunked):
+    loss, argtypes = key
     (grads, params, X, Xs, Y, SW, order, layout, acts, inp_buf, tgt_buf, act_buf, delta_buf,
-     row_loss, correct, lrs) = map(typeof, args)
+     row_loss, correct, lrs) = argtypes.types
     i = types.int64
     argtypes = (grads, params, X, Xs, Y, SW, _indexed(order, types.intp), i, i, layout, acts,
                 inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct,

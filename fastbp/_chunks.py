@@ -52,10 +52,11 @@ def arguments(grads, params, X, Y, SW, index, layout, acts, ws):
 
 def key(loss, args):
     """What names the chunks' code for the loss code ``loss`` and the types of args
-    (``arguments``): a key for ``address`` and ``request``. Numba's typing of the arguments took
-    166 us (measured), so each distinct description of them (``describe``: what Numba's type of
-    an array is made of) is typed once."""
-    description = (loss,) + tuple(map(describe, args))
+    (``arguments``): a key for ``address`` and ``request`` (and, of its own arguments, for
+    ``_batch.address``). Numba's typing of the arguments took 166 us (measured), so each
+    distinct description of them (``_describe``: what Numba's type of an array is made of) is
+    typed once."""
+    description = (loss,) + tuple(map(_describe, args))
     found = _keys.get(description)
     if found is None:
         found = _keys[description] = (loss, typeof(args))
@@ -65,10 +66,10 @@ def key(loss, args):
 _keys = {}  # descriptions of arguments (see key) -> keys
 
 
-def describe(a):
+def _describe(a):
     """What Numba's type of a is made of (an array's, a tuple's items', or a scalar's type)."""
     if isinstance(a, tuple):
-        return tuple(map(describe, a))
+        return tuple(map(_describe, a))
     if not isinstance(a, np.ndarray):
         return type(a)
     flags = a.flags  # Numba's array type: dtype, dimensions, layout, read-only, aligned
