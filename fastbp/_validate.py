@@ -196,6 +196,17 @@ def float_dtype(value, name="dtype"):
     return dt
 
 
+def one_or_many(value, name, one, single):
+    """value as a list: [value] when it is one item (an instance of a type in single), else its
+    items; a TypeError naming the argument when it is neither."""
+    if isinstance(value, single):
+        return [value]
+    try:
+        return list(value)
+    except TypeError:
+        raise TypeError(f"{name} must be {one} or a sequence of them; got {value!r}") from None
+
+
 def choice(value, name, options):
     if not isinstance(value, str) or value not in options:
         raise ValueError(f"{name} must be one of {sorted(options)}; got {value!r}")

@@ -449,12 +449,13 @@ def precompile(dtypes=check.FLOAT_DTYPES, losses=None):
     only); all checked before anything compiles. Returns the seconds each dtype took, by name."""
     from .losses import LOSSES
     from .network import Network  # network imports this module
-    dtypes = list(dict.fromkeys(check.float_dtype(d, "each of dtypes")
-                                for d in _names(dtypes, "dtypes", "a dtype (np.float32 or "
-                                                "np.float64)", (str, type, np.dtype))))
+    one_dtype = "a dtype (np.float32 or np.float64)"
+    dtypes = list(dict.fromkeys(
+        check.float_dtype(d, "each of dtypes")
+        for d in check.one_or_many(dtypes, "dtypes", one_dtype, (str, type, np.dtype))))
     losses = LOSSES if losses is None else {
         name: LOSSES[check.choice(name, "each of losses", LOSSES)]
-        for name in _names(losses, "losses", "None, a loss name", (str,))}
+        for name in check.one_or_many(losses, "losses", "None, a loss name", (str,))}
     if not losses:
         raise ValueError("losses is empty: name at least one loss, or None for every loss")
     seconds = {}
@@ -484,13 +485,3 @@ def precompile(dtypes=check.FLOAT_DTYPES, losses=None):
         _chunks.ready()  # the row chunks' runners: asked for, compiled in the background
         seconds[dtype.name] = time.perf_counter() - t0
     return seconds
-
-
-def _names(value, name, one, single):
-    """value as a list: one item (of a type in single), or a sequence of items."""
-    if isinstance(value, single):
-        return [value]
-    try:
-        return list(value)
-    except TypeError:
-        raise TypeError(f"{name} must be {one} or a sequence of them; got {value!r}") from None
