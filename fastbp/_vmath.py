@@ -24,7 +24,7 @@ from numba import types
 from numba import njit
 from numba.extending import intrinsic, overload
 
-from ._jit import LINKED
+from ._jit import LINKED, renamed
 
 # --------------------------------------------------------------------------- bit casts
 
@@ -264,9 +264,14 @@ _IMPL = {types.float64: _make(F64, np.int64, np.float64),
 # Plain Python functions (NumPy, for NUMBA_DISABLE_JIT=1 and interpreted callers), each overloaded
 # in compiled code by the implementation for its argument's type. Compiled once per type and
 # called: in a loop LLVM inlines and vectorises them; written into every caller they cost 5 s of a
-# cold start per dtype (measured). The ``*_inline`` twins are written into the caller by Numba,
-# for the scalar code of the fused XOR-sized loop, where a call on the critical path costs 15-35%
-# of an epoch (measured).
+# cold start per dtype (measured). The ``*_inline`` twins are for the scalar code of the fused
+# XOR-sized loop, where a call on the critical path costs 15-35% of an epoch (measured): compiled
+# once per type too, and inlined into each caller by LLVM (Numba's ``forceinline``, LLVM's
+# alwaysinline). Numba's own inlining (``inline="always"``) gave the same epochs, but copied and
+# retyped each implementation at every call site: a cold XOR fit took 10.0-10.4 s instead of
+# 8.2-8.3 (five pairs, alternating; W1's epochs within 2% either way, measured).
+_FORCED = {ty: {name: renamed(getattr(f, "py_func", f), "_inline") for name, f in impl.items()}
+           for ty, impl in _IMPL.items()}
 
 
 def exp(x):
@@ -295,12 +300,14 @@ def sigmoid(x):
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e))[()]
 
 
-def _register(fn, stub, how):
-    @overload(stub, inline=how, jit_options=LINKED)
+def _register(fn, stub, forced):
+    """stub overloaded by fn's implementations; forced: each inlined by LLVM into its callers
+    (a copy of its own, ``_FORCED``, as Numba keeps one compile of a function per types)."""
+    @overload(stub, jit_options=dict(LINKED, forceinline=True) if forced else LINKED)
     def _ol(x):
-        impl = _IMPL.get(x)
+        impl = (_FORCED if forced else _IMPL).get(x)
         if impl is not None:
-            return impl[fn.__name__].py_func
+            return impl[fn.__name__] if forced else impl[fn.__name__].py_func
         if isinstance(x, types.Integer):  # as NumPy: integers are computed in float64
             f64 = _IMPL[types.float64][fn.__name__]
             return lambda x: f64(np.float64(x))
@@ -324,7 +331,7 @@ def sigmoid_inline(x):
 
 
 for _fn in (exp, expm1, log, log1p, tanh, sigmoid):
-    _register(_fn, _fn, "never")
+    _register(_fn, _fn, False)
 for _fn, _twin in ((exp, exp_inline), (log, log_inline), (log1p, log1p_inline),
                    (sigmoid, sigmoid_inline)):
-    _register(_fn, _twin, "always")
+    _register(_fn, _twin, True)
