@@ -15,6 +15,7 @@ from numba.core import config
 from numba.core.compiler_lock import global_compiler_lock
 from numba.core.registry import cpu_target
 
+from . import _ahead
 from . import _chunks
 from . import _kernels as K
 
@@ -33,22 +34,24 @@ def _indexed(array_type, index_type):
                                          {}).return_type
 
 
-def address(net, grads, X, Xs, Y, SW, order, lrs, ws, chunked):
+def address(net, grads, X, Xs, Y, SW, order, lrs, ws, chunked, loop=None):
     """The address of BATCH_STEP for ``net``'s loss compiled for the batches that a call of
     TRAIN_EPOCHS with these arguments hands it (order (E, N): its rows are the batches' index;
     lrs: a slice of it is sgd; ws the workspaces; chunked: the runner argument an int, else
-    None); 0 with Numba's JIT off, where the loop calls the kernel itself."""
+    None); 0 with Numba's JIT off, where the loop calls the kernel itself. loop: None, or a
+    function giving (where, dispatcher, argument types) of the loop's call, compiled by a
+    helper process while the kernel compiles here, if both are to compile (``_ahead``)."""
     if config.DISABLE_JIT:
         return 0
     key = _chunks.key(net._loss.code, (grads, net._params, X, Xs, Y, SW, order, net._layout,
                                        net._acts, *ws, lrs))
     found = _found.get((key, chunked))
     if found is None:
-        found = _found[key, chunked] = _compile(key, chunked)
+        found = _found[key, chunked] = _compile(key, chunked, loop)
     return found
 
 
-def _compile(key, chunked):
+def _compile(key, chunked, loop):
     loss, argtypes = key
     (grads, params, X, Xs, Y, SW, order, layout, acts, inp_buf, tgt_buf, act_buf, delta_buf,
      row_loss, correct, lrs) = argtypes.types
@@ -58,5 +61,9 @@ def _compile(key, chunked):
                 _indexed(lrs, types.slice2_type), i if chunked else types.none)
     signature = (types.int64, types.StarArgTuple(argtypes))
     kernel = K.BATCH_STEP[loss]
-    kernel.compile(signature)
+    if loop is None or _ahead.compiled(kernel, signature):
+        kernel.compile(signature)  # or loaded from the cache
+    else:
+        with _ahead.beside(*loop()):
+            kernel.compile(signature)
     return _chunks.pointer(kernel, signature)

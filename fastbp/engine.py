@@ -17,6 +17,7 @@ import numpy as np
 from numba.core import config
 
 from . import _kernels as K
+from . import _ahead
 from . import _batch
 from . import _chunks
 from . import _pcg
@@ -187,13 +188,21 @@ class Engine:
         batches run in row chunks."""
         return _threads.compute(self.blas, self.chunked)
 
-    def _batch_at(self, X, Xs, Y, SW, order, lrs):
-        """The address of the per-layer batch kernel for a call of the training loop on these
-        arrays (see _batch), or 0 for the fused loop, which has none."""
+    def _batch_at(self, key, args):
+        """The address of the per-layer batch kernel for the call of the training loop with
+        args (less its last two, the kernel's address and the runner's) and the runner's key
+        (see _batch), or 0 for the fused loop, which has none. Should the kernel compile, a
+        helper process compiles the loop beside it when the loop is to compile too (_ahead)."""
         if self.fused:
             return 0
+        X, Xs, Y, SW, order, _, lrs = args[5:12]
+
+        def loop():
+            where = ("TRAIN_EPOCHS", self.fused, self.net._loss.code)
+            runner = None if key is None else 0  # as _call passes it
+            return where, self._train, _ahead.signature(args + (0, runner))
         return _batch.address(self.net, self.grads, X, Xs, Y, SW, order, lrs, self.ws,
-                              self.chunked)
+                              self.chunked, loop)
 
     def _key(self, X, Y, SW, index):
         """The row chunks' runner's key for a call on these arrays (index one row of the
@@ -267,11 +276,11 @@ class Engine:
             _pcg.load(rng, words)
         if self.chunked and self._run_key is None:
             self._run_key = self._key(d.X, d.Y, d.SW, order[0])
+        args = (net._params, opt.state, step, self.grads, losses, d.X, d.Xs, d.Y, d.SW, order,
+                words, lrs, *self._fixed)
         if self._run_at is None:
-            self._run_at = self._batch_at(d.X, d.Xs, d.Y, d.SW, order, lrs)
-        done = _call(self._train, self._run_key, net._params, opt.state, step, self.grads,
-                     losses, d.X, d.Xs, d.Y, d.SW, order, words, lrs, *self._fixed,
-                     self._run_at)
+            self._run_at = self._batch_at(self._run_key, args)
+        done = _call(self._train, self._run_key, *args, self._run_at)
         if rng is not None:
             _pcg.store(rng, words)
         opt.step = int(step[0])
@@ -334,11 +343,11 @@ class Engine:
         d, opt = self.data, self.state.optimizer
         step = np.array([opt.step], dtype=np.int64)
         order = np.ascontiguousarray(index)[None, :]
-        done = _call(self._train, self._key(X, Y, SW, order[0]), self.net._params, opt.state,
-                     step, self.grads, total, X, Xs, Y, SW, order, self.no_rng, lrs,
-                     self.net._layout, self.net._acts, d.batch, opt.code, self._hyper, self._l2,
-                     *self.ws, self.no_backup, self.bound,
-                     self._batch_at(X, Xs, Y, SW, order, lrs))
+        key = self._key(X, Y, SW, order[0])
+        args = (self.net._params, opt.state, step, self.grads, total, X, Xs, Y, SW, order,
+                self.no_rng, lrs, self.net._layout, self.net._acts, d.batch, opt.code,
+                self._hyper, self._l2, *self.ws, self.no_backup, self.bound)
+        done = _call(self._train, key, *args, self._batch_at(key, args))
         opt.step = int(step[0])
         return bool(done)
 

@@ -1,0 +1,138 @@
+"""The helper process that compiles the training loop while a cold first fit compiles its batch
+kernel (fastbp._ahead)."""
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+from numba import njit, types
+
+from fastbp import _ahead
+
+# A cold first fit through the per-layer kernels, in a fresh process: the names of the fastbp
+# functions this process compiled (not loaded from the cache), then the trained parameters' hash.
+COLD_FIT = """
+import hashlib, sys, numpy as np
+from numba.core import event
+import fastbp
+from fastbp import _ahead
+_ahead._cpus = lambda: {cpus}
+compiled = set()
+class Seen(event.Listener):
+    def on_start(self, ev):
+        compiled.add(ev.data["dispatcher"].py_func.__name__)
+    def on_end(self, ev):
+        pass
+event.register("numba:compile", Seen())
+rng = np.random.default_rng(0)
+X = rng.standard_normal((96, 30)); y = rng.integers(0, 3, 96)
+net = fastbp.Network([30, 64, 3], seed=0)
+net.fit(X, y, epochs=3, batch_size=32, optimizer="adam")
+print(sorted(n for n in compiled if n.startswith(("batch_step", "train_epochs"))))
+print(hashlib.sha256(net._params.tobytes()).hexdigest())
+"""
+
+
+def _cold(tmp_path, cpus):
+    run = subprocess.run([sys.executable, "-c", COLD_FIT.format(cpus=cpus)], capture_output=True,
+                         text=True, timeout=600,
+                         env=dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / f"cache{cpus}")))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stderr.count("fastbp: compiling the kernels") == 1  # the notice, as ever
+    names, digest = run.stdout.splitlines()
+    return eval(names), digest
+
+
+def test_a_cold_first_fit_has_its_loop_compiled_by_a_helper_with_the_same_bits(tmp_path):
+    """With two CPUs the loop is compiled by the helper into the cache and only loaded here; with
+    one, both compile here. The parameters trained are the same bits."""
+    (helped, digest), (alone, alone_digest) = _cold(tmp_path, 2), _cold(tmp_path, 1)
+    assert helped == ["batch_step"]
+    assert alone == ["batch_step", "train_epochs"]
+    assert digest == alone_digest
+
+
+@njit(cache=True)
+def _loop(x):
+    """A stand-in for a driver that is neither compiled nor cached for _LOOP_TYPES."""
+    return x
+
+
+_LOOP_TYPES = (types.unicode_type,)
+
+
+@pytest.fixture
+def helper(tmp_path, monkeypatch):
+    """``beside`` with a helper made by a script of the test's own (one that sleeps, or fails),
+    every helper started recorded."""
+    started = []
+    real = _ahead._start
+
+    def start(where, sig):
+        started.append(real(where, sig))
+        return started[-1]
+
+    def make(body):
+        script = tmp_path / "helper"
+        script.write_text("#!/bin/sh\n" + body + "\n")
+        script.chmod(script.stat().st_mode | stat.S_IEXEC)
+        monkeypatch.setattr(sys, "executable", str(script))
+        return started
+    monkeypatch.setattr(_ahead, "_start", start)
+    monkeypatch.setattr(_ahead, "_cpus", lambda: 2)
+    return make
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a shell script as the helper")
+def test_a_helper_that_fails_leaves_the_compile_to_this_process(helper):
+    started = helper("exit 3")
+    ran = []
+    with _ahead.beside(("TRAIN_EPOCHS", 0, 0), _loop, _LOOP_TYPES):
+        ran.append(True)
+    assert ran and len(started) == 1 and started[0].returncode == 3
+
+
+def test_a_helper_that_cannot_start_leaves_the_compile_to_this_process(monkeypatch):
+    monkeypatch.setattr(_ahead, "_cpus", lambda: 2)
+    monkeypatch.setattr(sys, "executable", "/no/such/python")
+    ran = []
+    with _ahead.beside(("TRAIN_EPOCHS", 0, 0), _loop, _LOOP_TYPES):
+        ran.append(True)
+    assert ran
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a shell script as the helper")
+def test_an_error_beside_the_helper_stops_it_and_is_raised(helper):
+    started = helper("exec sleep 60")
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        with _ahead.beside(("TRAIN_EPOCHS", 0, 0), _loop, _LOOP_TYPES):
+            raise KeyboardInterrupt
+    assert started[0].returncode is not None and time.perf_counter() - t0 < 30
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a shell script as the helper")
+def test_a_helper_past_its_time_is_stopped_and_the_compile_left_to_this_process(helper,
+                                                                                 monkeypatch):
+    monkeypatch.setattr(_ahead, "HELPER_TIMEOUT_S", 0.5)
+    started = helper("exec sleep 60")
+    t0 = time.perf_counter()
+    with _ahead.beside(("TRAIN_EPOCHS", 0, 0), _loop, _LOOP_TYPES):
+        pass
+    assert started[0].returncode is not None and time.perf_counter() - t0 < 30
+
+
+def test_no_helper_for_a_loop_compiled_already_or_with_one_cpu(helper, monkeypatch):
+    started = helper("exit 0")
+    assert not _ahead.compiled(_loop, _LOOP_TYPES)
+    monkeypatch.setattr(_ahead, "_cpus", lambda: 1)
+    with _ahead.beside(("TRAIN_EPOCHS", 0, 0), _loop, _LOOP_TYPES):
+        pass
+    monkeypatch.setattr(_ahead, "_cpus", lambda: 2)
+    monkeypatch.setitem(_loop.overloads, _LOOP_TYPES, None)  # as if compiled
+    assert _ahead.compiled(_loop, _LOOP_TYPES)
+    with _ahead.beside(("TRAIN_EPOCHS", 0, 0), _loop, _LOOP_TYPES):
+        pass
+    assert started == []
