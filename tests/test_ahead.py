@@ -18,7 +18,7 @@ import hashlib, sys, numpy as np
 from numba.core import event
 import fastbp
 from fastbp import _ahead
-_ahead._cpus = lambda: {cpus}
+_ahead._spare = lambda: {spare}
 compiled = set()
 class Seen(event.Listener):
     def on_start(self, ev):
@@ -35,10 +35,10 @@ print(hashlib.sha256(net._params.tobytes()).hexdigest())
 """
 
 
-def _cold(tmp_path, cpus):
-    run = subprocess.run([sys.executable, "-c", COLD_FIT.format(cpus=cpus)], capture_output=True,
+def _cold(tmp_path, spare):
+    run = subprocess.run([sys.executable, "-c", COLD_FIT.format(spare=spare)], capture_output=True,
                          text=True, timeout=600,
-                         env=dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / f"cache{cpus}")))
+                         env=dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / f"cache{spare}")))
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stderr.count("fastbp: compiling the kernels") == 1  # the notice, as ever
     names, digest = run.stdout.splitlines()
@@ -46,9 +46,9 @@ def _cold(tmp_path, cpus):
 
 
 def test_a_cold_first_fit_has_its_loop_compiled_by_a_helper_with_the_same_bits(tmp_path):
-    """With two CPUs the loop is compiled by the helper into the cache and only loaded here; with
-    one, both compile here. The parameters trained are the same bits."""
-    (helped, digest), (alone, alone_digest) = _cold(tmp_path, 2), _cold(tmp_path, 1)
+    """With a CPU to spare the loop is compiled by the helper into the cache and only loaded here;
+    without, both compile here. The parameters trained are the same bits."""
+    (helped, digest), (alone, alone_digest) = _cold(tmp_path, True), _cold(tmp_path, False)
     assert helped == ["batch_step"]
     assert alone == ["batch_step", "train_epochs"]
     assert digest == alone_digest
@@ -81,7 +81,7 @@ def helper(tmp_path, monkeypatch):
         monkeypatch.setattr(sys, "executable", str(script))
         return started
     monkeypatch.setattr(_ahead, "_start", start)
-    monkeypatch.setattr(_ahead, "_cpus", lambda: 2)
+    monkeypatch.setattr(_ahead, "_spare", lambda: True)
     return make
 
 
@@ -95,7 +95,7 @@ def test_a_helper_that_fails_leaves_the_compile_to_this_process(helper):
 
 
 def test_a_helper_that_cannot_start_leaves_the_compile_to_this_process(monkeypatch):
-    monkeypatch.setattr(_ahead, "_cpus", lambda: 2)
+    monkeypatch.setattr(_ahead, "_spare", lambda: True)
     monkeypatch.setattr(sys, "executable", "/no/such/python")
     ran = []
     with _ahead.beside(("TRAIN_EPOCHS", 0, 0), _loop, _LOOP_TYPES):
@@ -124,15 +124,23 @@ def test_a_helper_past_its_time_is_stopped_and_the_compile_left_to_this_process(
     assert started[0].returncode is not None and time.perf_counter() - t0 < 30
 
 
-def test_no_helper_for_a_loop_compiled_already_or_with_one_cpu(helper, monkeypatch):
+def test_no_helper_for_a_loop_compiled_already_or_without_a_spare_cpu(helper, monkeypatch):
     started = helper("exit 0")
     assert not _ahead.compiled(_loop, _LOOP_TYPES)
-    monkeypatch.setattr(_ahead, "_cpus", lambda: 1)
+    monkeypatch.setattr(_ahead, "_spare", lambda: False)
     with _ahead.beside(("TRAIN_EPOCHS", 0, 0), _loop, _LOOP_TYPES):
         pass
-    monkeypatch.setattr(_ahead, "_cpus", lambda: 2)
+    monkeypatch.setattr(_ahead, "_spare", lambda: True)
     monkeypatch.setitem(_loop.overloads, _LOOP_TYPES, None)  # as if compiled
     assert _ahead.compiled(_loop, _LOOP_TYPES)
     with _ahead.beside(("TRAIN_EPOCHS", 0, 0), _loop, _LOOP_TYPES):
         pass
     assert started == []
+
+
+@pytest.mark.parametrize("cpus, load, spare", [(1, 0.0, False), (2, 0.0, True), (2, 1.0, True),
+                                               (2, 1.5, False), (4, 2.9, True), (4, 3.5, False)])
+def test_a_cpu_is_spare_when_the_load_leaves_one_free(monkeypatch, cpus, load, spare):
+    monkeypatch.setattr(_ahead, "_cpus", lambda: cpus)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load), raising=False)
+    assert _ahead._spare() is spare
