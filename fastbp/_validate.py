@@ -10,6 +10,24 @@ import numpy as np
 Sparse = namedtuple("Sparse", "shape data indices indptr")
 
 
+def read_only(a):
+    """a (an array, a Sparse or None) as read-only views, for the compiled kernels that only read
+    it. Numba compiles a read-only array apart from a writable one, so a fit on a read-only X
+    (a memmap opened 'r', joblib's shared arrays, scikit-learn's read-only checks) compiled every
+    kernel again, even after ``fastbp.precompile``; the data are handed to the kernels read-only
+    always, and one compile serves both."""
+    if type(a) is np.ndarray:  # first, and setflags, not .flags: a 1-epoch fit pays for each
+        view = a.view()
+    elif a is None:
+        return None
+    elif isinstance(a, Sparse):
+        return Sparse(a.shape, *(read_only(x) for x in a[1:]))
+    else:  # a subclass (a memmap): a plain array, as Numba types it
+        view = a.view(np.ndarray)
+    view.setflags(write=False)
+    return view
+
+
 def is_sparse(X):
     """A scipy.sparse matrix or array (without importing scipy.sparse for dense input)."""
     module = getattr(type(X), "__module__", None)  # anything a class says, None included

@@ -184,12 +184,13 @@ class TrainData:
             Y = np.ascontiguousarray(Y[keep])
             SW = SW[keep] if SW.size else SW
             n -= n_val
+        self.X = check.read_only(self.X)
         if isinstance(self.X, check.Sparse):  # the kernels take CSR arrays and an empty X
             self.Xs = tuple(self.X[1:])
-            self.X = np.empty((0, net.sizes[0]), net.dtype)
+            self.X = self._x_empty()
         if cfg.early_stopping and self.val is None:
             raise ValueError("early_stopping=True needs validation_data or validation_split")
-        self.Y, self.SW, self.n = Y, SW, n
+        self.Y, self.SW, self.n = check.read_only(Y), check.read_only(SW), n
         # the global batch and this rank's rows of it
         self.n_total = n * ranks if part and sharded else n  # sharded: set_global refines it
         self.batch = batch_rows(cfg.batch_size, n)
@@ -248,13 +249,13 @@ class TrainData:
             yield (self.X, self.Xs, self.Y, self.SW, index,
                    None if reducer is None else self._bounds(len(index)))
             return
-        s = self.stream
+        s, ro = self.stream, check.read_only
         steps = 0
         for a, b in s.chunks(rng.permutation(s.n_chunks) if shuffle else None):
             index = self.order(rng, shuffle, b - a)
             SW = self.SW[a:b] if self.SW.size else self.SW
             if reducer is None:
-                yield s.read(a, b), self.Xs, self.Y[a:b], SW, index, None
+                yield ro(s.read(a, b)), self.Xs, self.Y[a:b], SW, index, None
                 continue
             bounds = self._bounds(b - a)
             steps += len(bounds)
@@ -264,14 +265,15 @@ class TrainData:
                 continue
             rows = np.sort(mine)
             # this rank reads only its own rows; index maps the training order onto them
-            yield (s.read_rows(a, rows), self.Xs, self.Y[a + rows], SW[rows] if SW.size else SW,
-                   np.searchsorted(rows, mine), self._consecutive(bounds))
+            yield (ro(s.read_rows(a, rows)), self.Xs, ro(self.Y[a + rows]),
+                   ro(SW[rows]) if SW.size else SW, np.searchsorted(rows, mine),
+                   self._consecutive(bounds))
         if reducer is not None and steps < self.steps:  # a shard with fewer chunks: empty steps
             yield self._x_empty(), self.Xs, self.Y[:0], self.SW[:0], np.empty(0, np.int64), \
                 [(0, 0)] * (self.steps - steps)
 
     def _x_empty(self):
-        return np.empty((0, self.net.sizes[0]), self.net.dtype)
+        return check.read_only(np.empty((0, self.net.sizes[0]), self.net.dtype))
 
     def _bounds(self, m):
         """(start, stop) into an order of m rows of this rank's rows of each step."""

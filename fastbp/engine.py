@@ -420,10 +420,11 @@ class FullBatch:
 
     def __init__(self, net, X, Y, SW):
         """X (N, C_0) an array or a _validate.Sparse."""
+        X, Y, SW = check.read_only(X), check.read_only(Y), check.read_only(SW)
         self.net, self.Y, self.SW, self.input = net, Y, SW, X
         n = X.shape[0]
         if isinstance(X, check.Sparse):
-            self.X, self.Xs = np.empty((0, X.shape[1]), net.dtype), tuple(X[1:])
+            self.X, self.Xs = check.read_only(np.empty((0, X.shape[1]), net.dtype)), tuple(X[1:])
         else:
             self.X, self.Xs = X, None  # dense: see _kernels.batch_gradients
         self.index = np.arange(n, dtype=np.int64)

@@ -239,14 +239,15 @@ class Network:
         rows = min(n, EVAL_CHUNK)
         _, _, act_buf, _, row_loss, _ = workspaces(self, rows, 0)
         out = np.empty((n, self.sizes[-1]), self.dtype)
+        ro = check.read_only  # what the kernel only reads (see there)
         if isinstance(X, check.Sparse):
-            Xd, Xs, index = np.empty((0, X.shape[1]), self.dtype), X[1:], np.arange(n)
+            Xd, Xs, index = ro(np.empty((0, X.shape[1]), self.dtype)), ro(X)[1:], np.arange(n)
         else:
-            Xd, Xs, index = X, None, np.empty(0, np.int64)
+            Xd, Xs, index = ro(X), None, np.empty(0, np.int64)
         with _threads.compute(self._blas_sized(rows)):
             value = K.EVALUATE[self._loss.code](out, row_loss, self._params, Xd, Xs, index,
-                                                out if Y is None else Y, self._layout, self._acts,
-                                                act_buf, Y is not None)
+                                                ro(out if Y is None else Y), self._layout,
+                                                self._acts, act_buf, Y is not None)
         if check_finite and not (np.isfinite(value) and check.all_finite(out)):
             big = float(np.abs(X.data if isinstance(X, check.Sparse) else X).max())
             raise ValueError(
@@ -334,6 +335,7 @@ class Network:
     def gradients(self, X, y):
         """Full-batch gradients of ``loss(X, y)``: (dW, db), lists shaped like weights and biases."""
         X, Y, _ = self._XY(X, y)
+        X, Y = check.read_only(X), check.read_only(Y)  # as fit hands them to the kernels
         if isinstance(X, check.Sparse):  # through the sparse first layer
             full = FullBatch(self, X, Y, np.empty(0, self.dtype))
             with full.threads():

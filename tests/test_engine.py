@@ -321,3 +321,58 @@ def test_the_batch_kernel_refuses_arguments_of_other_types_than_its_own():
     args[2] = X.astype(np.float32)
     with pytest.raises(TypeError, match="arguments of other types than it was compiled for"):
         through(at, *args)
+
+
+def _compiles():
+    """How many compiled versions every Numba dispatcher of fastbp holds."""
+    import numba
+
+    from fastbp import _kernels, _pcg
+    seen, count = set(), 0
+
+    def walk(obj):
+        nonlocal count
+        if isinstance(obj, numba.core.dispatcher.Dispatcher) and id(obj) not in seen:
+            seen.add(id(obj))
+            count += len(obj.overloads)
+        elif isinstance(obj, (tuple, list)):
+            for item in obj:
+                walk(item)
+
+    for module in (_kernels, _pcg):
+        for value in vars(module).values():
+            walk(value)
+    return count
+
+
+def test_read_only_data_runs_on_the_kernels_writable_data_compiled(tmp_path):
+    """Numba compiles a read-only array apart from a writable one; the data reach the kernels
+    read-only either way, so a fit, prediction, score or gradient on a read-only X and y (here a
+    memmap opened 'r', as joblib shares arrays, held in memory) compiles nothing that the
+    writable fit did not."""
+    import scipy.sparse as sp
+    X, y = make_data("cross_entropy", 96, 6, 3, seed=2)
+    path = tmp_path / "X.npy"
+    np.save(path, X)
+    frozen_y = y.copy()
+    frozen_y.flags.writeable = False
+
+    def every_call(X, y):
+        out = []
+        for sizes, kw in (([6, 5, 3], {}),  # the fused loop
+                          ([6, 300, 3], dict(optimizer="adam", validation_data=(X, y))),
+                          ([6, 300, 3], dict(validation_split=0.25, sample_weight=np.ones(96)))):
+            net = fastbp.Network(sizes, seed=0, dtype=np.float64)  # X's: no copy
+            net.fit(X, y, epochs=2, batch_size=32, stream=False, **kw)
+            out += [net._params.copy(), net.predict_proba(X), net.score(X, y),
+                    *net.gradients(X, y)[0]]
+        net = fastbp.Network([6, 4, 3], seed=0, dtype=np.float64)
+        net.fit(sp.csr_matrix(X), y, epochs=2, batch_size=32)
+        return out + [net._params.copy(), net.predict_proba(sp.csr_matrix(X))]
+
+    writable = every_call(X, y)
+    compiled = _compiles()
+    read_only = every_call(np.load(path, mmap_mode="r"), frozen_y)
+    assert _compiles() == compiled
+    for a, b in zip(writable, read_only):
+        assert np.array_equal(a, b)
