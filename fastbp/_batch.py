@@ -6,7 +6,10 @@ the arrays' types. Each such compile carried the network's whole forward and bac
 LLVM optimised and turned into machine code afresh every time. The loop of a network run by the
 per-layer kernels now calls that pass through its address instead: BATCH_STEP[loss] is compiled
 (or loaded from Numba's disk cache) once per loss and argument types, and its address is an
-argument of the loop, as the row chunks' runner's is (``_chunks``).
+argument of the loop, as the row chunks' runner's is (``_chunks``). The full-batch and
+data-parallel gradients (``_kernels.BATCH_GRADIENTS``: scikit-learn's L-BFGS,
+``Network.gradients`` on sparse input, MPI) call it the same way, so a fit and an L-BFGS fit on
+the same arrays share one compile of it.
 """
 import operator
 
@@ -34,12 +37,12 @@ def _indexed(array_type, index_type):
                                          {}).return_type
 
 
-def address(net, grads, X, Xs, Y, SW, order, lrs, ws, chunked, loop=None):
+def address(net, grads, X, Xs, Y, SW, order, lrs, ws, chunked, driver=None):
     """The address of BATCH_STEP for ``net``'s loss compiled for the batches that a call of
     TRAIN_EPOCHS with these arguments hands it (order (E, N): its rows are the batches' index;
     lrs: a slice of it is sgd; ws the workspaces; chunked: the runner argument an int, else
-    None); 0 with Numba's JIT off, where the loop calls the kernel itself. loop: None, or a
-    function giving (where, dispatcher, argument types) of the loop's call, compiled by a
+    None); 0 with Numba's JIT off, where the driver calls the kernel itself. driver: None, or
+    a function giving (where, dispatcher, argument types) of the driver's call, compiled by a
     helper process while the kernel compiles here, if both are to compile (``_ahead``)."""
     if config.DISABLE_JIT:
         return 0
@@ -47,11 +50,11 @@ def address(net, grads, X, Xs, Y, SW, order, lrs, ws, chunked, loop=None):
                                        net._acts, *ws, lrs))
     found = _found.get((key, chunked))
     if found is None:
-        found = _found[key, chunked] = _compile(key, chunked, loop)
+        found = _found[key, chunked] = _compile(key, chunked, driver)
     return found
 
 
-def _compile(key, chunked, loop):
+def _compile(key, chunked, driver):
     loss, argtypes = key
     (grads, params, X, Xs, Y, SW, order, layout, acts, inp_buf, tgt_buf, act_buf, delta_buf,
      row_loss, correct, lrs) = argtypes.types
@@ -61,9 +64,9 @@ def _compile(key, chunked, loop):
                 _indexed(lrs, types.slice2_type), i if chunked else types.none)
     signature = (types.int64, types.StarArgTuple(argtypes))
     kernel = K.BATCH_STEP[loss]
-    if loop is None or _ahead.compiled(kernel, signature):
+    if driver is None or _ahead.compiled(kernel, signature):
         kernel.compile(signature)  # or loaded from the cache
     else:
-        with _ahead.beside(*loop()):
+        with _ahead.beside(*driver()):
             kernel.compile(signature)
     return _chunks.pointer(kernel, signature)

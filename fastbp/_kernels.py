@@ -1777,7 +1777,7 @@ def _batch_gradients(fused, loss):
     @njit(cache=True, nogil=True)
     @distinct(int(fused), loss)
     def batch_gradients(grads, params, X, Xs, Y, SW, index, start, stop, layout, acts, l2,
-                        inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct, runner):
+                        inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct, at, runner):
         """grads (P,) = the gradient of the mean loss over the rows index[start:stop] of X
         (N, C_0), Y (N, T); returns that mean loss. After a non-finite loss grads are not to be
         used.
@@ -1795,15 +1795,18 @@ def _batch_gradients(fused, loss):
         act_buf, delta_buf and row_loss workspaces for at least stop - start rows. The fused
         loop (``fused`` True): networks too small for BLAS, dense input. correct (1,): the
         batch's correctly classified rows are added to it (bce and cross-entropy; see
-        count_correct). runner: see _batch_layers (None for the fused loop).
+        count_correct). at: the address of BATCH_STEP[loss] compiled for the batch this call
+        hands it (its sgd params[:0]; ``_batch.address``), as TRAIN_EPOCHS calls it, so that
+        training and these gradients share one compile of the pass (0 for the fused loop).
+        runner: see _batch_layers (None for the fused loop).
         """
         if fused:
             value = _batch_gradients_fused(grads, params, X, Y, SW, index, start, stop, layout,
                                            acts, loss, act_buf, delta_buf, correct, params[:0])
         else:
-            value = _batch_layers(loss, grads, params, X, Xs, Y, SW, index, start, stop, layout,
-                                  acts, inp_buf, tgt_buf, act_buf, delta_buf, row_loss, correct,
-                                  params[:0], runner)
+            value = _batch_through(at, loss, grads, params, X, Xs, Y, SW, index, start, stop,
+                                   layout, acts, inp_buf, tgt_buf, act_buf, delta_buf, row_loss,
+                                   correct, params[:0], runner)
         if l2 is None:
             return value
         return _with_l2(value, grads, params, layout, SW, index, start, stop, l2)

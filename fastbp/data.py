@@ -237,7 +237,7 @@ class TrainData:
     def order(self, rng, shuffle, n):
         """One epoch's sample order over n rows."""
         if self.orders is not None:
-            return np.asarray(self.orders(n), dtype=np.int64)
+            return np.ascontiguousarray(self.orders(n), dtype=np.int64)  # one type every epoch
         return rng.permutation(n) if shuffle else np.arange(n)
 
     def blocks(self, rng, shuffle, reducer):

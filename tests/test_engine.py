@@ -66,9 +66,8 @@ KERNEL_CALLER = textwrap.dedent("""
     grads = np.empty(32)
     ws = (np.empty(33), np.empty(22), np.empty(77), np.empty(110), np.empty(11),
           np.zeros(2 + K.CHUNKS))
-    v = K.BATCH_GRADIENTS[False][K.LOSS_MSE](grads, params, X, None, Y, np.empty(0),
-                                             np.arange(11), 0, 11, layout, np.array([3]),
-                                             np.zeros(2), *ws, None)
+    v = K.BATCH_LAYERS[K.LOSS_MSE](grads, params, X, None, Y, np.empty(0), np.arange(11), 0, 11,
+                                   layout, np.array([3]), *ws, params[:0])
     assert np.isfinite(v)
     print("ok")
 """)

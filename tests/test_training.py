@@ -338,7 +338,7 @@ def test_fused_small_loop_matches_the_per_layer_kernels(loss, act, dtype, weight
     for start, stop in ((0, 4), (4, 8), (8, 11)):
         v_fused = K.BATCH_GRADIENTS[True][net._loss.code](
             fused, net._params, data.X, data.Xs, data.Y, data.SW, index, start, stop, net._layout,
-            net._acts, None, *ws, 0)
+            net._acts, None, *ws, 0, None)
         v_layers = K.BATCH_LAYERS[net._loss.code](
             layers, net._params, data.X, data.Xs, data.Y, data.SW, index, start, stop,
             net._layout, net._acts, *ws, net._params[:0])
