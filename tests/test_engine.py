@@ -12,7 +12,7 @@ import pytest
 import fastbp
 from fastbp import config
 
-from conftest import make_data
+from conftest import make_data, rel_err
 
 
 def test_fit_signature_and_docs_come_from_the_option_table():
@@ -290,6 +290,31 @@ def test_every_plan_of_a_network_calls_one_batch_kernel_compiled_apart(monkeypat
     handed.clear()
     fastbp.Network([4, 5, 3], seed=0).fit(X[:, :4], y, epochs=1, batch_size=32)
     assert handed == []  # the fused loop: no batch kernel to hand
+
+
+def test_the_full_batch_gradients_call_the_batch_kernel_that_training_compiled(monkeypatch):
+    """scikit-learn's L-BFGS (and Network.gradients on sparse input, and MPI's steps) take their
+    gradients through the batch kernel's address, the one the training loop on arrays of the
+    same types is handed: one compile of the pass serves both. The gradient is the mean loss's,
+    as Network.gradients computes it with the per-layer kernels called one by one."""
+    from fastbp import _batch, engine
+    handed = []
+    real = _batch.address
+    monkeypatch.setattr(_batch, "address",
+                        lambda *a, **k: handed.append(real(*a, **k)) or handed[-1])
+    X, y = make_data("cross_entropy", 64, 64, 3, seed=5)
+    net = fastbp.Network([64, 64, 3], seed=0, dtype=np.float64)
+    net.fit(X, y, epochs=1, batch_size=64)  # whole batches (not row chunks) at these sizes
+    Xc, Y, _ = net._XY(X, y)
+    full = engine.FullBatch(net, Xc, Y, np.empty(0))
+    with full.threads():
+        value, grads = full()
+    assert len(handed) == 2 and handed[0] == handed[1] != 0
+    dW, db = net.gradients(X, y)
+    expected = np.empty_like(grads)
+    for (W, b), w, bias in zip(net._views(expected), dW, db):
+        W[...], b[...] = w, bias
+    assert np.isfinite(value) and rel_err(grads, expected) < 1e-12
 
 
 def test_the_batch_kernel_refuses_arguments_of_other_types_than_its_own():
