@@ -39,11 +39,12 @@ def _indexed(array_type, index_type):
 
 def address(net, grads, X, Xs, Y, SW, order, lrs, ws, chunked, driver=None):
     """The address of BATCH_STEP for ``net``'s loss compiled for the batches that a call of
-    TRAIN_EPOCHS with these arguments hands it (order (E, N): its rows are the batches' index;
-    lrs: a slice of it is sgd; ws the workspaces; chunked: the runner argument an int, else
-    None); 0 with Numba's JIT off, where the driver calls the kernel itself. driver: None, or
-    a function giving (where, dispatcher, argument types) of the driver's call, compiled by a
-    helper process while the kernel compiles here, if both are to compile (``_ahead``)."""
+    TRAIN_EPOCHS or BATCH_GRADIENTS with these arguments hands it (order (E, N): its rows are
+    the batches' index; lrs: a slice of it is sgd; ws the workspaces; chunked: the runner
+    argument an int, else None); 0 with Numba's JIT off, where the driver calls the kernel
+    itself. driver: None, or a function giving (where, dispatcher, argument types) of the
+    driver's call, compiled by a helper process while the kernel compiles here, if both are to
+    compile (``_ahead``)."""
     if config.DISABLE_JIT:
         return 0
     key = _chunks.key(net._loss.code, (grads, net._params, X, Xs, Y, SW, order, net._layout,
