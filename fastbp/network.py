@@ -335,13 +335,13 @@ class Network:
     def gradients(self, X, y):
         """Full-batch gradients of ``loss(X, y)``: (dW, db), lists shaped like weights and biases."""
         X, Y, _ = self._XY(X, y)
-        X, Y = check.read_only(X), check.read_only(Y)  # as fit hands them to the kernels
         if isinstance(X, check.Sparse):  # through the sparse first layer
             full = FullBatch(self, X, Y, np.empty(0, self.dtype))
             with full.threads():
                 full()
             views = self._views(full.grads)
             return [W for W, _ in views], [b for _, b in views]
+        X, Y = check.read_only(X), check.read_only(Y)  # as fit hands them to the kernels
         n = X.shape[0]
         _, _, act_buf, delta_buf, _, _ = workspaces(self, n, 0)
         grads = np.empty_like(self._params)
