@@ -28,6 +28,20 @@ def read_only(a):
     return view
 
 
+def no_rows(n_features, dtype):
+    """A read-only (0, n_features) array of dtype: the dense X the kernels take beside a sparse
+    X's CSR arrays, and a rank's X for a step with none of its rows."""
+    return read_only(np.empty((0, n_features), dtype))
+
+
+def kernel_input(X, dtype):
+    """(Xd, Xs), X as the kernels take it, read-only (``read_only``): a dense X (or None) as
+    (X, None); a Sparse as (``no_rows``, its CSR arrays (data, indices, indptr))."""
+    if isinstance(X, Sparse):
+        return no_rows(X.shape[1], dtype), tuple(read_only(X)[1:])
+    return read_only(X), None
+
+
 def is_sparse(X):
     """A scipy.sparse matrix or array (without importing scipy.sparse for dense input)."""
     module = getattr(type(X), "__module__", None)  # anything a class says, None included

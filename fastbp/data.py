@@ -184,10 +184,7 @@ class TrainData:
             Y = np.ascontiguousarray(Y[keep])
             SW = SW[keep] if SW.size else SW
             n -= n_val
-        self.X = check.read_only(self.X)
-        if isinstance(self.X, check.Sparse):  # the kernels take CSR arrays and an empty X
-            self.Xs = tuple(self.X[1:])
-            self.X = self._x_empty()
+        self.X, self.Xs = check.kernel_input(self.X, net.dtype)
         if cfg.early_stopping and self.val is None:
             raise ValueError("early_stopping=True needs validation_data or validation_split")
         self.Y, self.SW, self.n = check.read_only(Y), check.read_only(SW), n
@@ -273,7 +270,7 @@ class TrainData:
                 [(0, 0)] * (self.steps - steps)
 
     def _x_empty(self):
-        return check.read_only(np.empty((0, self.net.sizes[0]), self.net.dtype))
+        return check.no_rows(self.net.sizes[0], self.net.dtype)
 
     def _bounds(self, m):
         """(start, stop) into an order of m rows of this rank's rows of each step."""

@@ -437,13 +437,10 @@ class FullBatch:
 
     def __init__(self, net, X, Y, SW):
         """X (N, C_0) an array or a _validate.Sparse."""
-        X, Y, SW = check.read_only(X), check.read_only(Y), check.read_only(SW)
+        Y, SW = check.read_only(Y), check.read_only(SW)
         self.net, self.input = net, X
         n = X.shape[0]
-        if isinstance(X, check.Sparse):
-            Xd, Xs = check.read_only(np.empty((0, X.shape[1]), net.dtype)), tuple(X[1:])
-        else:
-            Xd, Xs = X, None  # dense: see _kernels.batch_gradients
+        Xd, Xs = check.kernel_input(X, net.dtype)  # see _kernels.batch_gradients
         self.index = np.arange(n, dtype=np.int64)
         self.blas = net._blas_sized(n)
         self.fused = K.fused_loop(self.blas, Xs)
@@ -452,7 +449,7 @@ class FullBatch:
         self.grads = np.empty_like(net._params)
         self.key = None  # the row chunks' runner's (see _chunks)
         if _chunked(net, n, Xs):
-            self.key = _runner_key(net, self.grads, X, Y, SW, self.index, ws)
+            self.key = _runner_key(net, self.grads, Xd, Y, SW, self.index, ws)
         self.args = (self.grads, net._params, Xd, Xs, Y, SW, self.index, 0, n, net._layout,
                      net._acts, None, *ws)  # every call's
         self.at = None  # the batch kernel's address (see _gradients_at), at the first call

@@ -239,15 +239,12 @@ class Network:
         rows = min(n, EVAL_CHUNK)
         _, _, act_buf, _, row_loss, _ = workspaces(self, rows, 0)
         out = np.empty((n, self.sizes[-1]), self.dtype)
-        ro = check.read_only  # what the kernel only reads (see there)
-        if isinstance(X, check.Sparse):
-            Xd, Xs, index = ro(np.empty((0, X.shape[1]), self.dtype)), ro(X)[1:], np.arange(n)
-        else:
-            Xd, Xs, index = ro(X), None, np.empty(0, np.int64)
+        Xd, Xs = check.kernel_input(X, self.dtype)  # what the kernel only reads (see there)
+        index = np.empty(0, np.int64) if Xs is None else np.arange(n, dtype=np.int64)
         with _threads.compute(self._blas_sized(rows)):
             value = K.EVALUATE[self._loss.code](out, row_loss, self._params, Xd, Xs, index,
-                                                ro(out if Y is None else Y), self._layout,
-                                                self._acts, act_buf, Y is not None)
+                                                check.read_only(out if Y is None else Y),
+                                                self._layout, self._acts, act_buf, Y is not None)
         if check_finite and not (np.isfinite(value) and check.all_finite(out)):
             big = float(np.abs(X.data if isinstance(X, check.Sparse) else X).max())
             raise ValueError(
