@@ -235,23 +235,26 @@ def _make(K, itype, ftype):
     @njit(inline="always")
     def tanh(x):
         # e^2|x| - 1 over e^2|x| + 1, with 2|x| clamped to [0, 2 tanh_big] (beyond it tanh is 1 in
-        # the type): expm1 there needs no clamps and one power of 2, and is accurate near 0
+        # the type): expm1 there needs no clamps and one power of 2, and is accurate near 0. A NaN
+        # passes the clamp (its comparison is false) and the arithmetic, so no select at the end
+        # puts it back: a compare and a blend fewer per value in the vectorised loops
         a = np.abs(x)
-        _, r, kf = split(two * _sel(a < tanh_big, a, tanh_big), zero)
+        _, r, kf = split(two * _sel(a > tanh_big, tanh_big, a), zero)
         s = _pow2_held(kf)
         em = _fma(expm1_r(r), s, s - one)  # 2^n (e^r - 1) + (2^n - 1), as in expm1
-        return _sel(x == x, np.copysign(em / (em + two), x), x)
+        return np.copysign(em / (em + two), x)
 
     @njit(inline="always")
     def sigmoid(x):
         # e^-|x| <= 1 as exp computes it, but scaled by 2^64 (n + 64 in the exponent: normal down
         # to exp's lower clamp) and divided through scaled alike: one power of 2, and results
-        # below the normal range come from one rounding, of the quotient
+        # below the normal range come from one rounding, of the quotient. A NaN passes the clamp
+        # and the arithmetic, as in tanh.
         m = -np.abs(x)
-        _, r, kf = split(_sel(m > lo, m, lo), scale_log2)
-        e = (expm1_r(r) + one) * _pow2_held(kf)
-        s = _sel(x >= zero, scale, e) / (scale + e)  # 1 / (1 + e^-x), or e^x / (1 + e^x) below 0
-        return _sel(x == x, s, x)
+        _, r, kf = split(_sel(m < lo, lo, m), scale_log2)
+        p = _pow2_held(kf)
+        e = _fma(expm1_r(r), p, p)  # 2^n (e^r - 1) + 2^n, rounded once
+        return _sel(x >= zero, scale, e) / (scale + e)  # 1 / (1 + e^-x); e^x / (1 + e^x) below 0
 
     return dict(exp=exp, expm1=expm1, log=log, log1p=log1p, tanh=tanh, sigmoid=sigmoid)
 
