@@ -138,9 +138,34 @@ def test_no_helper_for_a_loop_compiled_already_or_without_a_spare_cpu(helper, mo
     assert started == []
 
 
+@pytest.mark.parametrize("cpus, running, spare", [(1, 1, False), (2, 1, True), (2, 2, False),
+                                                  (2, 3, False), (4, 3, True), (4, 4, False)])
+def test_a_cpu_is_spare_when_fewer_tasks_run_than_there_are_cpus(monkeypatch, cpus, running,
+                                                                 spare):
+    """Counted now, whatever the last minute's load average says."""
+    monkeypatch.setattr(_ahead, "_cpus", lambda: cpus)
+    monkeypatch.setattr(_ahead, "_running", lambda: running)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.0 - spare, 0.0, 0.0), raising=False)
+    assert _ahead._spare() is spare
+
+
 @pytest.mark.parametrize("cpus, load, spare", [(1, 0.0, False), (2, 0.0, True), (2, 1.0, True),
                                                (2, 1.5, False), (4, 2.9, True), (4, 3.5, False)])
-def test_a_cpu_is_spare_when_the_load_leaves_one_free(monkeypatch, cpus, load, spare):
+def test_without_a_count_of_running_tasks_the_load_average_leaves_a_cpu_free(monkeypatch, cpus,
+                                                                             load, spare):
     monkeypatch.setattr(_ahead, "_cpus", lambda: cpus)
+    monkeypatch.setattr(_ahead, "_running", lambda: None)
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load), raising=False)
     assert _ahead._spare() is spare
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/loadavg"), reason="Linux's count of tasks")
+def test_the_running_tasks_are_counted_with_this_one_among_them():
+    assert 1 <= _ahead._running() <= int(open("/proc/loadavg").read().split()[3].split("/")[1])
+
+
+def test_no_count_of_running_tasks_where_the_file_cannot_be_read(monkeypatch):
+    def unreadable(*args, **kwargs):
+        raise OSError("no /proc here")
+    monkeypatch.setattr(_ahead, "open", unreadable, raising=False)
+    assert _ahead._running() is None
