@@ -210,17 +210,30 @@ def _parallel(work):
 
 @inner(wide=True, error_model="numpy")
 def _act_row(row, act):
-    """row (N,) = act(row), in place."""
+    """row (N,) = act(row), in place. Sigmoid and tanh run over the row's two halves in one
+    loop: each value's polynomial and division are one long chain of dependent instructions,
+    and LLVM's vectorised loop held one such chain a step (it interleaves none at this size), so
+    the core waited on it; two independent chains a step keep it busier. Over 4M float32 values
+    on one thread (a Cascade Lake, medians of 31 passes, five runs), sigmoid took 2.80-2.89 ms
+    instead of 3.05-3.15 (np.tanh 2.87-2.94), tanh 3.19-3.24 instead of 3.04-3.43; four chains
+    a step no faster (measured). Each value's result is the same either way."""
     N = row.shape[0]
+    h = N // 2
     if act == ACT_SIGMOID:
-        for j in range(N):
+        for j in range(h):
             row[j] = vm.sigmoid(row[j])
+            row[h + j] = vm.sigmoid(row[h + j])
+        if N > 2 * h:
+            row[N - 1] = vm.sigmoid(row[N - 1])
     elif act == ACT_RELU:
         for j in range(N):
             row[j] = row[j] if not row[j] < 0 else 0  # NaN stays NaN, as in PyTorch
     elif act == ACT_TANH:
-        for j in range(N):
+        for j in range(h):
             row[j] = vm.tanh(row[j])
+            row[h + j] = vm.tanh(row[h + j])
+        if N > 2 * h:
+            row[N - 1] = vm.tanh(row[N - 1])
     elif act == ACT_LEAKY_RELU:
         for j in range(N):
             row[j] = row[j] if not row[j] < 0 else row[j] * LEAKY_SLOPE
