@@ -76,7 +76,7 @@ def _spare():
     """Whether a CPU is free for a helper now: two or more for this process, and the tasks
     running at this moment (this one among them) fewer than their count. The last minute's load
     average, which answered before, stays high for a minute or more after work on every CPU
-    ends: a cold first fit soon after it compiled alone (7.2-7.5 s instead of 5.7-6.0 with the
+    ends: a cold first fit soon after it compiled alone (7.2-7.6 s instead of 5.6-6.0 with the
     helper, measured). Where the running tasks cannot be counted, that load average, one below
     the CPUs' count. On a busy machine a helper only takes CPU time from the rest (the suite's
     scikit-learn files on two busy cores: 7.5 CPU minutes instead of 6.5, measured)."""
