@@ -157,12 +157,15 @@ def _make(K, itype, ftype):
     poly_e, poly_lg = _polynomial(e), _polynomial(lg)
 
     @njit(inline="always")
-    def split(x, extra):
+    def split(x, extra, doubled=False):
         """(n, r, kf): x = n ln 2 + r, |r| <= ln 2 / 2, for x inside [lo, hi]; kf holds n + extra
         (a constant) in its low bits (see _pow2_held): x / ln 2 rounded to an integer by adding
-        the shifter, extra added with it."""
-        kf = _fma(x, log2e, shifter + extra)
+        the shifter, extra added with it. doubled=True: the same for 2x, with the same bits,
+        but 2x is formed beside kf, not before it (tanh: one step off the longest chain of
+        dependent instructions: 2-6% faster over 4M float32 values, six runs, measured)."""
+        kf = _fma(x, two * log2e if doubled else log2e, shifter + extra)
         n = kf - (shifter + extra)
+        x = x + x if doubled else x
         return n, _fma(n, -c_lo, _fma(n, -c_hi, x)), kf  # n c_hi exact: c_hi has few bits
 
     @njit(inline="always")
@@ -239,7 +242,7 @@ def _make(K, itype, ftype):
         # passes the clamp (its comparison is false) and the arithmetic, so no select at the end
         # puts it back: a compare and a blend fewer per value in the vectorised loops
         a = np.abs(x)
-        _, r, kf = split(two * _sel(a > tanh_big, tanh_big, a), zero)
+        _, r, kf = split(_sel(a > tanh_big, tanh_big, a), zero, True)
         s = _pow2_held(kf)
         em = _fma(expm1_r(r), s, s - one)  # 2^n (e^r - 1) + (2^n - 1), as in expm1
         return np.copysign(em / (em + two), x)
