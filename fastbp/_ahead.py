@@ -69,7 +69,7 @@ def _running():
                 counts.append(int(f.read().split()[3].split("/")[0]))
         except (OSError, ValueError, IndexError):
             return None
-    return sorted(counts)[2]
+    return sorted(counts)[len(counts) // 2]
 
 
 def _spare():
